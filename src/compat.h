@@ -1,0 +1,49 @@
+/*-------------------------------------------------------------------------
+ *
+ * compat.h
+ *		The PostgreSQL version guard and the few shims tenancy needs.
+ *
+ * tenancy targets PostgreSQL 15 and is written so that 13-17 cost little.
+ * Every #if on PG_VERSION_NUM lives here, never in a .c file.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef TENANCY_COMPAT_H
+#define TENANCY_COMPAT_H
+
+#if PG_VERSION_NUM < 130000
+#error "tenancy requires PostgreSQL 13 or later"
+#endif
+
+/*
+ * shmem_request_hook appeared in 15; before it, RequestAddinShmemSpace was
+ * called straight from _PG_init.
+ */
+#if PG_VERSION_NUM >= 150000
+#define TENANCY_HAVE_SHMEM_REQUEST_HOOK 1
+#endif
+
+/* MarkGUCPrefixReserved is 15's name for EmitWarningsOnPlaceholders. */
+#if PG_VERSION_NUM < 150000
+#define MarkGUCPrefixReserved(prefix) EmitWarningsOnPlaceholders(prefix)
+#endif
+
+/* Ownership checks were renamed in 16. */
+#if PG_VERSION_NUM >= 160000
+#define tenancy_class_ownercheck(relid, roleid) \
+	object_ownercheck(RelationRelationId, (relid), (roleid))
+#else
+#define tenancy_class_ownercheck(relid, roleid) pg_class_ownercheck((relid), (roleid))
+#endif
+
+/*
+ * A GUC check hook that replaces *newval must hand back memory the GUC
+ * machinery can free: malloc before 16, guc_malloc from 16 on.
+ */
+#if PG_VERSION_NUM >= 160000
+#define tenancy_guc_strdup(s) guc_strdup(LOG, (s))
+#else
+#define tenancy_guc_strdup(s) strdup(s)
+#endif
+
+#endif							/* TENANCY_COMPAT_H */

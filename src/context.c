@@ -1,0 +1,326 @@
+/*-------------------------------------------------------------------------
+ *
+ * context.c
+ *		The tenant context: who may act for which tenant, and the validated
+ *		context of the current transaction.
+ *
+ * The rule (SPEC section 2): superusers and members of tenancy_app or
+ * tenancy_admin may act for any tenant; a session bound to a tenant by
+ * tenancy.authenticate() only for that tenant; everyone else for none.
+ * It is judged by the login role (session_user), so a privileged login may
+ * set the context and then SET ROLE to a less privileged role.
+ *
+ * guc.c checks the rule where the value is set.  Here it is checked again
+ * where the value is used: the first call of current_tenant_id() in a
+ * transaction validates the setting (privilege, existence, status) and
+ * caches the result until the transaction ends or a context setting
+ * changes.  Every later call, one per row if need be, is a flag test.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+#include "tenancy.h"
+
+PG_FUNCTION_INFO_V1(tenancy_current_tenant_id);
+PG_FUNCTION_INFO_V1(tenancy_set_tenant);
+
+/* The context validated in this transaction; valid until it ends. */
+static bool context_valid = false;
+static pg_uuid_t *context_tenant = NULL;	/* in TopTransactionContext */
+
+/*
+ * Forget the validated context.  Called by the assign hooks of every
+ * context setting and at the end of each transaction; never fails.
+ */
+void
+tenancy_context_invalidate(void)
+{
+	context_valid = false;
+	context_tenant = NULL;
+}
+
+static void
+context_xact_callback(XactEvent event, void *arg)
+{
+	tenancy_context_invalidate();
+}
+
+static void
+context_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						 SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		tenancy_context_invalidate();
+}
+
+void
+tenancy_context_init(void)
+{
+	RegisterXactCallback(context_xact_callback, NULL);
+	RegisterSubXactCallback(context_subxact_callback, NULL);
+}
+
+/* Is roleid a member (directly or not) of the role named rolname? */
+static bool
+member_of(Oid roleid, const char *rolname)
+{
+	Oid			target = get_role_oid(rolname, true);
+
+	return OidIsValid(target) && is_member_of_role(roleid, target);
+}
+
+/*
+ * May this role act for any tenant?  Superusers and members of tenancy_app
+ * or tenancy_admin.  Needs a transaction (it reads the role catalogs).
+ */
+bool
+tenancy_context_role_may_set_any(Oid roleid)
+{
+	return superuser_arg(roleid) ||
+		member_of(roleid, "tenancy_app") ||
+		member_of(roleid, "tenancy_admin");
+}
+
+/*
+ * Is the current user an administrator of tenancy (superuser or member of
+ * tenancy_admin)?  This is the test for the "tenant" arguments that let an
+ * admin act on another tenant's behalf.
+ */
+bool
+tenancy_context_is_admin(void)
+{
+	Oid			roleid = GetUserId();
+
+	return superuser_arg(roleid) || member_of(roleid, "tenancy_admin");
+}
+
+/*
+ * The API-key binding of this session or transaction, if any.
+ */
+bool
+tenancy_context_binding(pg_uuid_t *tenant, pg_uuid_t *key)
+{
+	const char *value = tenancy_guc_session_binding;
+	char		part[TENANCY_UUID_STRLEN + 1];
+	pg_uuid_t	dummy;
+
+	if (value == NULL || strlen(value) != 2 * TENANCY_UUID_STRLEN + 1)
+		return false;
+	memcpy(part, value, TENANCY_UUID_STRLEN);
+	part[TENANCY_UUID_STRLEN] = '\0';
+	if (!tenancy_uuid_parse(part, tenant))
+		return false;
+	return tenancy_uuid_parse(value + TENANCY_UUID_STRLEN + 1, key ? key : &dummy);
+}
+
+/*
+ * May this session act for the given tenant?  A bound session only for the
+ * tenant of its key, whoever logged in; otherwise the login role decides.
+ */
+bool
+tenancy_context_may_set(const pg_uuid_t *tenant)
+{
+	pg_uuid_t	bound;
+
+	if (tenancy_context_binding(&bound, NULL))
+		return memcmp(bound.data, tenant->data, UUID_LEN) == 0;
+	return tenancy_context_role_may_set_any(GetSessionUserId());
+}
+
+/*
+ * The tenant this session claims to act for, unvalidated: the binding's,
+ * else app.tenant_id, else tenancy.default_tenant.  Returns false when
+ * there is none.
+ */
+bool
+tenancy_context_claimed(pg_uuid_t *tenant)
+{
+	if (tenancy_context_binding(tenant, NULL))
+		return true;
+	if (tenancy_guc_tenant_id && tenancy_guc_tenant_id[0] != '\0')
+		return tenancy_uuid_parse(tenancy_guc_tenant_id, tenant);
+	if (tenancy_guc_default_tenant && tenancy_guc_default_tenant[0] != '\0')
+		return tenancy_uuid_parse(tenancy_guc_default_tenant, tenant);
+	return false;
+}
+
+static void
+raise_not_permitted(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("tenancy: permission denied to act for this tenant"),
+			 errdetail("Only superusers, members of tenancy_app or tenancy_admin, and a session authenticated by an API key of that tenant may act for a tenant."),
+			 errhint("Call tenancy.authenticate() with an API key of the tenant, or connect as a member of tenancy_app.")));
+}
+
+/*
+ * Validate the context setting: the second enforcement of the rule, judged
+ * by session_user or the binding, then existence and status.  Raises
+ * TN001, 42501, TN002 or TN003.
+ */
+static void
+context_validate(pg_uuid_t *result)
+{
+	pg_uuid_t	bound_tenant;
+	pg_uuid_t	bound_key;
+	bool		bound = tenancy_context_binding(&bound_tenant, &bound_key);
+	bool		from_default = false;
+	const char *value = tenancy_guc_tenant_id;
+	TenancyTenant tenant;
+
+	if (bound)
+		tenancy_apikey_validate_binding(&bound_tenant, &bound_key);
+
+	if (value == NULL || value[0] == '\0')
+	{
+		value = tenancy_guc_default_tenant;
+		from_default = true;
+	}
+	if (value == NULL || value[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_TENANCY_NO_CONTEXT),
+				 errmsg("tenancy: no tenant context"),
+				 errdetail("app.tenant_id is not set in this session."),
+				 errhint("SET app.tenant_id to the tenant's id, or call tenancy.set_tenant() or tenancy.authenticate().")));
+	if (!tenancy_uuid_parse(value, result))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: app.tenant_id must be a uuid or empty"),
+				 errdetail("The value \"%s\" is not a uuid.", value)));
+
+	if (bound)
+	{
+		if (memcmp(bound_tenant.data, result->data, UUID_LEN) != 0)
+			raise_not_permitted();
+	}
+	else if (!from_default && !tenancy_context_role_may_set_any(GetSessionUserId()))
+		raise_not_permitted();
+
+	if (!tenancy_tenant_lookup(result, &tenant))
+		ereport(ERROR,
+				(errcode(ERRCODE_TENANCY_UNKNOWN_TENANT),
+				 errmsg("tenancy: unknown tenant"),
+				 errdetail("No tenant has the id %s.", value),
+				 errhint("Set app.tenant_id to the id of an existing tenant.")));
+	if (strcmp(tenant.status, "active") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_TENANCY_TENANT_NOT_ACTIVE),
+				 errmsg("tenancy: tenant is %s", tenant.status),
+				 errdetail("Tenant %s is %s; its data cannot be accessed.", value, tenant.status),
+				 errhint("An administrator can call tenancy.activate_tenant() or tenancy.update_tenant()."))); 
+}
+
+/*
+ * The validated tenant of this transaction.  The first call validates and
+ * caches; later calls return the cached uuid, which lives until the end of
+ * the transaction.
+ */
+const pg_uuid_t *
+tenancy_context_current(void)
+{
+	if (likely(context_valid))
+		return context_tenant;
+
+	{
+		pg_uuid_t	tenant;
+		pg_uuid_t  *copy;
+
+		context_validate(&tenant);
+		copy = MemoryContextAlloc(TopTransactionContext, sizeof(pg_uuid_t));
+		memcpy(copy, &tenant, sizeof(pg_uuid_t));
+		context_tenant = copy;
+		context_valid = true;
+	}
+	return context_tenant;
+}
+
+/*
+ * Refuse to act on another tenant than the session's own, unless the caller
+ * is an administrator.  The same error whether the other tenant exists or
+ * not, so that nothing is revealed.
+ */
+void
+tenancy_context_require_own(const pg_uuid_t *tenant)
+{
+	if (tenancy_context_is_admin())
+		return;
+	if (memcmp(tenancy_context_current()->data, tenant->data, UUID_LEN) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("tenancy: permission denied for another tenant"),
+				 errdetail("This session acts for its own tenant only."),
+				 errhint("Omit the tenant argument, or call as a member of tenancy_admin.")));
+}
+
+/*
+ * SQL: tenancy.current_tenant_id() RETURNS uuid, STABLE PARALLEL SAFE.
+ *
+ * The returned pointer stays valid until the end of the transaction; the
+ * caller never modifies a by-reference argument.
+ */
+Datum
+tenancy_current_tenant_id(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_UUID_P((pg_uuid_t *) tenancy_context_current());
+}
+
+/*
+ * SQL: tenancy.set_tenant(tenant text, is_local boolean DEFAULT false)
+ * RETURNS uuid.
+ *
+ * Resolves a slug or uuid and sets app.tenant_id.  Who may not act for a
+ * tenant gets 42501 before anything is looked up, so the answer never
+ * tells whether another tenant exists.
+ */
+Datum
+tenancy_set_tenant(PG_FUNCTION_ARGS)
+{
+	bool		is_local = PG_ARGISNULL(1) ? false : PG_GETARG_BOOL(1);
+	char	   *arg;
+	TenancyTenant tenant;
+	pg_uuid_t	bound;
+	bool		is_bound;
+	char		buf[TENANCY_UUID_STRLEN + 1];
+	pg_uuid_t  *result;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: tenant must not be null"),
+				 errhint("Pass a tenant's slug or id, or SET app.tenant_id = '' to clear the context.")));
+	arg = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	is_bound = tenancy_context_binding(&bound, NULL);
+	if (!is_bound && !tenancy_context_role_may_set_any(GetSessionUserId()))
+		raise_not_permitted();
+	if (is_bound)
+	{
+		if (!tenancy_tenant_try_resolve(arg, &tenant) ||
+			memcmp(tenant.id.data, bound.data, UUID_LEN) != 0)
+			raise_not_permitted();
+	}
+	else
+		tenancy_tenant_resolve(arg, &tenant);
+
+	tenancy_uuid_format(&tenant.id, buf);
+	(void) set_config_option("app.tenant_id", buf,
+							 superuser() ? PGC_SUSET : PGC_USERSET,
+							 PGC_S_SESSION,
+							 is_local ? GUC_ACTION_LOCAL : GUC_ACTION_SET,
+							 true, 0, false);
+
+	result = palloc(sizeof(pg_uuid_t));
+	memcpy(result, &tenant.id, sizeof(pg_uuid_t));
+	PG_RETURN_UUID_P(result);
+}

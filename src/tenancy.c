@@ -1,0 +1,61 @@
+/*-------------------------------------------------------------------------
+ *
+ * tenancy.c
+ *		Module entry point of the tenancy extension.
+ *
+ * tenancy must be in shared_preload_libraries: it defines app.tenant_id
+ * before any session can set it and (later) owns shared memory.  _PG_init
+ * refuses to do anything when loaded any other way, and the install script
+ * calls tenancy._assert_preloaded() first, so CREATE EXTENSION fails with
+ * 55000 instead of half-working.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+
+#include "tenancy.h"
+
+PG_MODULE_MAGIC;
+
+PG_FUNCTION_INFO_V1(tenancy_assert_preloaded);
+
+/* Set when _PG_init ran from shared_preload_libraries. */
+bool		tenancy_preloaded = false;
+
+void		_PG_init(void);
+
+/*
+ * Module load callback.  Does nothing unless preloaded: GUCs and hooks
+ * defined by a late LOAD would give sessions a context that was never
+ * checked at startup.
+ */
+void
+_PG_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	tenancy_guc_init();
+	tenancy_context_init();
+	tenancy_protect_init();
+	tenancy_preloaded = true;
+}
+
+/*
+ * SQL: tenancy._assert_preloaded(), called by the install script.  Raises
+ * 55000 when the library was not loaded by shared_preload_libraries.
+ */
+Datum
+tenancy_assert_preloaded(PG_FUNCTION_ARGS)
+{
+	if (!tenancy_preloaded)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenancy: the tenancy library is not preloaded"),
+				 errdetail("tenancy must be loaded at server start: it defines app.tenant_id and owns shared memory."),
+				 errhint("Add tenancy to shared_preload_libraries in postgresql.conf and restart the server.")));
+	PG_RETURN_VOID();
+}

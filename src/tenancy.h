@@ -1,0 +1,78 @@
+/*-------------------------------------------------------------------------
+ *
+ * tenancy.h
+ *		Shared declarations of the tenancy extension, grouped by the file
+ *		that defines them, and the extension's own SQLSTATEs.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef TENANCY_H
+#define TENANCY_H
+
+#include "postgres.h"
+
+#include "utils/elog.h"
+#include "utils/uuid.h"
+
+#include "compat.h"
+
+/*
+ * SQLSTATEs of SPEC section 8 that PostgreSQL does not define.  Everything
+ * else uses core's codes (42501, 28000, 22023, 55000).
+ */
+#define ERRCODE_TENANCY_NO_CONTEXT			MAKE_SQLSTATE('T','N','0','0','1')
+#define ERRCODE_TENANCY_UNKNOWN_TENANT		MAKE_SQLSTATE('T','N','0','0','2')
+#define ERRCODE_TENANCY_TENANT_NOT_ACTIVE	MAKE_SQLSTATE('T','N','0','0','3')
+#define ERRCODE_TENANCY_QUOTA_EXCEEDED		MAKE_SQLSTATE('T','Q','0','0','1')
+#define ERRCODE_TENANCY_RATE_LIMITED		MAKE_SQLSTATE('T','Q','0','0','2')
+
+/* Length of a uuid in canonical text form, without the terminator. */
+#define TENANCY_UUID_STRLEN 36
+
+/* tenancy.c */
+extern bool tenancy_preloaded;
+
+/* guc.c */
+extern char *tenancy_guc_tenant_id;
+extern char *tenancy_guc_default_tenant;
+extern char *tenancy_guc_session_binding;
+extern bool tenancy_guc_auto_protect;
+extern double tenancy_guc_soft_limit_ratio;
+extern char *tenancy_guc_purge_after;
+extern char *tenancy_guc_audit_retention;
+extern void tenancy_guc_init(void);
+extern bool tenancy_uuid_parse(const char *str, pg_uuid_t *out);
+extern void tenancy_uuid_format(const pg_uuid_t *uuid, char *buf);
+
+/* context.c */
+extern void tenancy_context_init(void);
+extern void tenancy_context_invalidate(void);
+extern bool tenancy_context_role_may_set_any(Oid roleid);
+extern bool tenancy_context_may_set(const pg_uuid_t *tenant);
+extern bool tenancy_context_is_admin(void);
+extern bool tenancy_context_binding(pg_uuid_t *tenant, pg_uuid_t *key);
+extern const pg_uuid_t *tenancy_context_current(void);
+extern bool tenancy_context_claimed(pg_uuid_t *tenant);
+extern void tenancy_context_require_own(const pg_uuid_t *tenant);
+
+/* protect.c */
+extern void tenancy_protect_init(void);
+
+/* tenant.c */
+typedef struct TenancyTenant
+{
+	pg_uuid_t	id;
+	char		slug[NAMEDATALEN];
+	char		status[16];			/* effective: active, suspended, deleted,
+									 * expired */
+} TenancyTenant;
+
+extern bool tenancy_tenant_lookup(const pg_uuid_t *id, TenancyTenant *out);
+extern void tenancy_tenant_resolve(const char *tenant, TenancyTenant *out);
+extern bool tenancy_tenant_try_resolve(const char *tenant, TenancyTenant *out);
+
+/* apikey.c: the binding of a session to an API key */
+extern void tenancy_apikey_validate_binding(const pg_uuid_t *tenant,
+											const pg_uuid_t *key);
+
+#endif							/* TENANCY_H */
