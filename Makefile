@@ -9,33 +9,58 @@
 
 EXTENSION  = tenancy
 MODULE_big = tenancy
-OBJS = \
-	src/tenancy.o \
-	src/guc.o \
-	src/context.o \
-	src/tenant.o \
-	src/protect.o \
-	src/apikey.o
+# Each area keeps its own lists, so that work on one does not touch another's.
+# -- foundation: tenants, context, protected tables
+OBJS_CORE = src/tenancy.o src/guc.o src/context.o src/tenant.o src/protect.o
+REGRESS_CORE = preload tenants context protect
+ISOLATION_CORE =
+DOCS_CORE = doc/tenancy.md doc/tenancy-concepts.md doc/tenancy-reference.md doc/tenancy-security.md
+
+# -- quotas and rate limits
+OBJS_QUOTA = src/shmem.o src/quota.o src/ratelimit.o
+REGRESS_QUOTA =
+ISOLATION_QUOTA =
+DOCS_QUOTA =
+
+# -- API keys
+OBJS_APIKEY = src/apikey.o
+REGRESS_APIKEY =
+ISOLATION_APIKEY =
+DOCS_APIKEY =
+
+# -- usage metering, audit, stats
+OBJS_USAGE = src/usage.o
+REGRESS_USAGE =
+ISOLATION_USAGE =
+DOCS_USAGE =
+
+OBJS = $(OBJS_CORE) $(OBJS_QUOTA) $(OBJS_APIKEY) $(OBJS_USAGE)
 DATA = sql/tenancy--0.1.sql
-DOCS = doc/tenancy.md
+DOCS = $(DOCS_CORE) $(DOCS_QUOTA) $(DOCS_APIKEY) $(DOCS_USAGE)
 PGFILEDESC = "tenancy - tenant isolation for PostgreSQL"
 
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 
 # pg_regress looks for ./sql/NAME.sql first: list tests by name, never by
 # wildcard, and never name one like an install script.
-REGRESS = preload tenants context protect
+REGRESS := $(strip $(REGRESS_CORE) $(REGRESS_QUOTA) $(REGRESS_APIKEY) $(REGRESS_USAGE) quickstart)
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=test/tenancy.conf \
 	--load-extension=pgcrypto --load-extension=tenancy
-ISOLATION =
+ISOLATION := $(strip $(ISOLATION_CORE) $(ISOLATION_QUOTA) $(ISOLATION_APIKEY) $(ISOLATION_USAGE))
 ISOLATION_OPTS = --inputdir=test/isolation --outputdir=output_iso \
 	--temp-instance=./tmp_check_iso --temp-config=test/tenancy.conf \
 	--load-extension=pgcrypto --load-extension=tenancy
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
 
-# The spec areas built so far, for ../shared/tools/spec-check --only.
-SPEC_AREAS = tenant|protect|guc app|guc tenancy\.(default_tenant|auto_protect)
+# The spec areas built so far, for ../shared/tools/spec-check --only
+# (regular expressions over ../shared/tools/spec-surface.txt, without spaces).
+SPEC_CORE = tenancy\.(create_tenant|tenant_id|update_tenant|suspend_tenant|activate_tenant|delete_tenant|purge_tenant|tenant_status|set_tenant|current_tenant_id|current_tenant|protect|unprotect)\(|relation.tenancy\.(tenants|plans|protected_tables|audit_log)$$|^guc
+SPEC_QUOTA =
+SPEC_APIKEY =
+SPEC_USAGE =
+space := $(subst ,, )
+SPEC_AREAS = $(subst $(space),|,$(strip $(SPEC_CORE) $(SPEC_QUOTA) $(SPEC_APIKEY) $(SPEC_USAGE)))
 
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)

@@ -714,13 +714,107 @@ END
 $$;
 
 --------------------------------------------------------------------------
+-- 4. Plans, quotas, rate limits
+--------------------------------------------------------------------------
+
+CREATE TABLE tenancy.plan_quotas (
+    plan        text NOT NULL REFERENCES tenancy.plans (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    resource    text NOT NULL,
+    quota_limit bigint,
+    period      text,
+    PRIMARY KEY (plan, resource),
+    CONSTRAINT plan_quotas_limit_check CHECK (quota_limit >= 0),
+    CONSTRAINT plan_quotas_period_check CHECK (period IN ('minute', 'hour', 'day', 'month'))
+);
+SELECT pg_catalog.pg_extension_config_dump('tenancy.plan_quotas', '');
+
+CREATE TABLE tenancy.tenant_quotas (
+    tenant_id   uuid NOT NULL REFERENCES tenancy.tenants (id) ON DELETE CASCADE,
+    resource    text NOT NULL,
+    quota_limit bigint,
+    period      text,
+    PRIMARY KEY (tenant_id, resource),
+    CONSTRAINT tenant_quotas_limit_check CHECK (quota_limit >= 0),
+    CONSTRAINT tenant_quotas_period_check CHECK (period IN ('minute', 'hour', 'day', 'month'))
+);
+SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_quotas', '');
+
+CREATE TYPE tenancy.quota_check AS (
+    tenant_id   uuid,
+    resource    text,
+    allowed     boolean,
+    used        bigint,
+    quota_limit bigint,
+    remaining   bigint,
+    health      text,
+    reason      text
+);
+
+-- Raise TQ001 if the tenant may not take amount more of resource.  Used by
+-- other areas (create_api_key for api_keys).  Stub until quotas exist.
+CREATE FUNCTION tenancy._require_quota(tid uuid, resource text, amount bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+END
+$$;
+
+-- (end of section 4)
+
+--------------------------------------------------------------------------
+-- 5. API keys
+--------------------------------------------------------------------------
+
+CREATE TABLE tenancy.api_keys (
+    id           uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid() PRIMARY KEY,
+    tenant_id    uuid NOT NULL REFERENCES tenancy.tenants (id) ON DELETE CASCADE,
+    name         text NOT NULL,
+    prefix       text NOT NULL,
+    key_hash     bytea NOT NULL,
+    permissions  text[] NOT NULL DEFAULT '{read,write}',
+    scopes       text[] NOT NULL DEFAULT '{}',
+    expires_at   timestamptz,
+    last_used_at timestamptz,
+    revoked_at   timestamptz,
+    created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_by   text NOT NULL DEFAULT pg_catalog."session_user"(),
+    CONSTRAINT api_keys_key_hash_key UNIQUE (key_hash)
+);
+CREATE INDEX api_keys_tenant_idx ON tenancy.api_keys (tenant_id);
+SELECT pg_catalog.pg_extension_config_dump('tenancy.api_keys', '');
+
+-- Authentication failures by cause, for tenancy.stats.  Stub until keys
+-- exist.
+CREATE FUNCTION tenancy._auth_failures() RETURNS TABLE (cause text, failures bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT NULL::text, NULL::bigint WHERE false;
+$$;
+
+-- (end of section 5)
+
+--------------------------------------------------------------------------
+-- 6. Usage metering and rollups
+--------------------------------------------------------------------------
+
+-- (end of section 6)
+
+--------------------------------------------------------------------------
+-- 7. Audit and observability
+--------------------------------------------------------------------------
+
+-- (end of section 7)
+
+--------------------------------------------------------------------------
 -- Privileges.  Functions are executable by PUBLIC by default: revoke it
--- all, then grant deliberately.
+-- all, then grant deliberately, area by area.
 --------------------------------------------------------------------------
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tenancy FROM PUBLIC;
 
--- What any tenant session needs.
+-- Foundation: what any tenant session needs.
 GRANT EXECUTE ON FUNCTION
     tenancy.current_tenant_id(),
     tenancy.current_tenant(),
@@ -728,7 +822,7 @@ GRANT EXECUTE ON FUNCTION
     tenancy.tenant_status(text)
 TO PUBLIC;
 
--- Administration.
+-- Foundation: administration.
 GRANT EXECUTE ON FUNCTION
     tenancy.create_tenant(text, text, text, jsonb, timestamptz),
     tenancy.tenant_id(text),
@@ -740,3 +834,15 @@ GRANT EXECUTE ON FUNCTION
     tenancy.protect(regclass, name, text),
     tenancy.unprotect(regclass)
 TO tenancy_admin;
+
+-- Quotas and rate limits.
+
+-- (end of quota grants)
+
+-- API keys.
+
+-- (end of API key grants)
+
+-- Usage, audit and stats.
+
+-- (end of usage grants)

@@ -39,8 +39,11 @@ _PG_init(void)
 		return;
 
 	tenancy_guc_init();
+	tenancy_shmem_init();
 	tenancy_context_init();
 	tenancy_protect_init();
+	tenancy_apikey_init();
+	tenancy_usage_init();
 	tenancy_preloaded = true;
 }
 

@@ -71,8 +71,29 @@ extern bool tenancy_tenant_lookup(const pg_uuid_t *id, TenancyTenant *out);
 extern void tenancy_tenant_resolve(const char *tenant, TenancyTenant *out);
 extern bool tenancy_tenant_try_resolve(const char *tenant, TenancyTenant *out);
 
-/* apikey.c: the binding of a session to an API key */
+/* shmem.c: shared memory of every area (owned by the quota area) */
+extern void tenancy_shmem_init(void);
+
+/* quota.c */
+extern Size tenancy_quota_shmem_size(void);
+extern void tenancy_quota_shmem_startup(void);
+
+/* ratelimit.c */
+extern Size tenancy_ratelimit_shmem_size(void);
+extern void tenancy_ratelimit_shmem_startup(void);
+
+/* apikey.c: API keys and the binding of a session to one */
+extern Size tenancy_apikey_shmem_size(void);
+extern void tenancy_apikey_shmem_startup(void);
+extern void tenancy_apikey_init(void);
 extern void tenancy_apikey_validate_binding(const pg_uuid_t *tenant,
 											const pg_uuid_t *key);
+
+/* usage.c: usage metering */
+extern Size tenancy_usage_shmem_size(void);
+extern void tenancy_usage_shmem_startup(void);
+extern void tenancy_usage_init(void);
+extern void tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
+								 int64 amount, bool survive_abort);
 
 #endif							/* TENANCY_H */
