@@ -10,11 +10,17 @@
 EXTENSION  = tenancy
 MODULE_big = tenancy
 # Each area keeps its own lists, so that work on one does not touch another's.
-# -- foundation: tenants, context, protected tables
-OBJS_CORE = src/tenancy.o src/guc.o src/context.o src/tenant.o src/protect.o
-REGRESS_CORE = preload tenants context protect
+# -- foundation: tenants and protected tables
+OBJS_CORE = src/tenancy.o src/protect.o
+REGRESS_CORE = preload
 ISOLATION_CORE =
-DOCS_CORE = doc/tenancy.md doc/tenancy-concepts.md doc/tenancy-reference.md doc/tenancy-security.md
+DOCS_CORE = doc/tenancy.md doc/tenancy-concepts.md doc/tenancy-tenants.md
+
+# -- foundation: the tenant context
+OBJS_CONTEXT = src/guc.o src/context.o src/tenant.o
+REGRESS_CONTEXT =
+ISOLATION_CONTEXT =
+DOCS_CONTEXT = doc/tenancy-context.md
 
 # -- quotas and rate limits
 OBJS_QUOTA = src/shmem.o src/quota.o src/ratelimit.o
@@ -34,19 +40,19 @@ REGRESS_USAGE =
 ISOLATION_USAGE =
 DOCS_USAGE =
 
-OBJS = $(OBJS_CORE) $(OBJS_QUOTA) $(OBJS_APIKEY) $(OBJS_USAGE)
+OBJS = $(OBJS_CORE) $(OBJS_CONTEXT) $(OBJS_QUOTA) $(OBJS_APIKEY) $(OBJS_USAGE)
 DATA = sql/tenancy--0.1.sql
-DOCS = $(DOCS_CORE) $(DOCS_QUOTA) $(DOCS_APIKEY) $(DOCS_USAGE)
+DOCS = $(DOCS_CORE) $(DOCS_CONTEXT) $(DOCS_QUOTA) $(DOCS_APIKEY) $(DOCS_USAGE)
 PGFILEDESC = "tenancy - tenant isolation for PostgreSQL"
 
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 
 # pg_regress looks for ./sql/NAME.sql first: list tests by name, never by
 # wildcard, and never name one like an install script.
-REGRESS := $(strip $(REGRESS_CORE) $(REGRESS_QUOTA) $(REGRESS_APIKEY) $(REGRESS_USAGE) quickstart)
+REGRESS := $(strip $(REGRESS_CORE) $(REGRESS_CONTEXT) $(REGRESS_QUOTA) $(REGRESS_APIKEY) $(REGRESS_USAGE))
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=test/tenancy.conf \
 	--load-extension=pgcrypto --load-extension=tenancy
-ISOLATION := $(strip $(ISOLATION_CORE) $(ISOLATION_QUOTA) $(ISOLATION_APIKEY) $(ISOLATION_USAGE))
+ISOLATION := $(strip $(ISOLATION_CORE) $(ISOLATION_CONTEXT) $(ISOLATION_QUOTA) $(ISOLATION_APIKEY) $(ISOLATION_USAGE))
 ISOLATION_OPTS = --inputdir=test/isolation --outputdir=output_iso \
 	--temp-instance=./tmp_check_iso --temp-config=test/tenancy.conf \
 	--load-extension=pgcrypto --load-extension=tenancy
