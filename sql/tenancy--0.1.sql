@@ -555,8 +555,12 @@ BEGIN
     END IF;
 
     previous := tenancy._ddl_bypass(true);
+    -- The table and, if partitioned, its partitions at every level
+    -- (pg_partition_tree() returns nothing for an ordinary table).
     FOR r IN SELECT p.relid, p.tenant_column
-               FROM pg_partition_tree(tbl) t
+               FROM (SELECT tbl AS relid, 0 AS level
+                     UNION
+                     SELECT t.relid, t.level FROM pg_partition_tree(tbl) t) t
                JOIN tenancy.protected_tables p ON p.relid OPERATOR(pg_catalog.=) t.relid
               ORDER BY t.level LOOP
         EXECUTE format('DROP POLICY IF EXISTS tenancy_isolation ON %s', r.relid);
@@ -995,6 +999,11 @@ GRANT EXECUTE ON FUNCTION
     tenancy.set_tenant(text, boolean),
     tenancy.tenant_status(text)
 TO PUBLIC;
+-- PostgreSQL 15 checks EXECUTE on a row trigger's function when it clones
+-- the trigger onto a new partition, as the user who creates or attaches
+-- it: the owner of a protected partitioned table needs it.  Called any
+-- other way than by the trigger manager, the function only raises.
+GRANT EXECUTE ON FUNCTION tenancy._row_guard() TO PUBLIC;
 
 -- Foundation: administration.
 GRANT EXECUTE ON FUNCTION

@@ -196,7 +196,7 @@ SELECT p.oid::regprocedure AS public_executable
   FROM pg_proc p
  WHERE p.pronamespace = 'tenancy'::regnamespace
    AND has_function_privilege('regress_plain', p.oid, 'EXECUTE')
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text;
 -- A member of tenancy_admin may administer.
 SET ROLE regress_admin;
 SELECT tenancy.create_tenant('by-admin') IS NOT NULL AS created;
