@@ -610,47 +610,48 @@ BEGIN
 END
 $$;
 
--- Raise 42501 if one of the given protected tables (all when rels is
--- NULL) lost what protects it: RLS enabled and forced, the restrictive
--- isolation policy unchanged, a uuid NOT NULL tenant column of that name,
--- both tenancy triggers in place and enabled, and no unprotected parent.
--- Internal.
-CREATE FUNCTION tenancy._check_protected(rels oid[] DEFAULT NULL) RETURNS void
+-- What is wrong with each protected table (all when rels is NULL) that
+-- lost what protects it: RLS enabled and forced, the restrictive isolation
+-- policy unchanged, a uuid NOT NULL tenant column of that name, both
+-- tenancy triggers in place and enabled, and no unprotected parent.
+-- Internal; also used at ddl_command_start (hence EXECUTE for PUBLIC).
+CREATE FUNCTION tenancy._protected_problems(rels oid[] DEFAULT NULL)
+RETURNS TABLE (relid regclass, problem text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     r record;
-    problem text;
+    what text;
     enc name := pg_catalog.getdatabaseencoding();
 BEGIN
     FOR r IN SELECT p.relid, p.tenant_column, c.relrowsecurity, c.relforcerowsecurity
                FROM tenancy.protected_tables p
                JOIN pg_class c ON c.oid OPERATOR(pg_catalog.=) p.relid
               WHERE rels IS NULL OR p.relid::oid OPERATOR(pg_catalog.=) ANY (rels) LOOP
-        problem := NULL;
+        what := NULL;
         IF NOT r.relrowsecurity THEN
-            problem := 'row level security would be disabled';
+            what := 'row level security would be disabled';
         ELSIF NOT r.relforcerowsecurity THEN
-            problem := 'row level security would no longer be forced';
+            what := 'row level security would no longer be forced';
         ELSIF NOT EXISTS (SELECT FROM pg_attribute a
                            WHERE a.attrelid OPERATOR(pg_catalog.=) r.relid
                              AND a.attname OPERATOR(pg_catalog.=) r.tenant_column
                              AND NOT a.attisdropped
                              AND a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.uuid'::pg_catalog.regtype) THEN
-            problem := format('tenant column "%s" would be dropped, renamed or retyped', r.tenant_column);
+            what := format('tenant column "%s" would be dropped, renamed or retyped', r.tenant_column);
         ELSIF NOT EXISTS (SELECT FROM pg_attribute a
                            WHERE a.attrelid OPERATOR(pg_catalog.=) r.relid
                              AND a.attname OPERATOR(pg_catalog.=) r.tenant_column
                              AND a.attnotnull) THEN
-            problem := format('tenant column "%s" would accept NULL', r.tenant_column);
+            what := format('tenant column "%s" would accept NULL', r.tenant_column);
         ELSIF NOT EXISTS (SELECT FROM pg_policy pol
                            WHERE pol.polrelid OPERATOR(pg_catalog.=) r.relid
                              AND pol.polname OPERATOR(pg_catalog.=) 'tenancy_isolation'
                              AND NOT pol.polpermissive
                              AND pol.polcmd OPERATOR(pg_catalog.=) '*'
                              AND pol.polroles OPERATOR(pg_catalog.=) '{0}'::oid[]) THEN
-            problem := 'policy tenancy_isolation would be dropped or changed';
+            what := 'policy tenancy_isolation would be dropped or changed';
         ELSIF NOT EXISTS (SELECT FROM pg_trigger t
                            WHERE t.tgrelid OPERATOR(pg_catalog.=) r.relid
                              AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_guard'
@@ -660,31 +661,77 @@ BEGIN
                              AND t.tgattr OPERATOR(pg_catalog.=) ''::pg_catalog.int2vector
                              AND t.tgargs OPERATOR(pg_catalog.=) (pg_catalog.convert_to(r.tenant_column, enc)
                                                                  OPERATOR(pg_catalog.||) '\x00'::bytea)) THEN
-            problem := 'trigger tenancy_guard would be dropped or changed';
+            what := 'trigger tenancy_guard would be dropped or changed';
         ELSIF NOT EXISTS (SELECT FROM pg_trigger t
                            WHERE t.tgrelid OPERATOR(pg_catalog.=) r.relid
                              AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_truncate_guard'
                              AND t.tgfoid OPERATOR(pg_catalog.=) 'tenancy._truncate_guard()'::pg_catalog.regprocedure
                              AND t.tgtype OPERATOR(pg_catalog.=) 34  -- BEFORE TRUNCATE FOR EACH STATEMENT
                              AND t.tgqual IS NULL) THEN
-            problem := 'trigger tenancy_truncate_guard would be dropped or changed';
+            what := 'trigger tenancy_truncate_guard would be dropped or changed';
         ELSIF EXISTS (SELECT FROM pg_trigger t
                        WHERE t.tgrelid OPERATOR(pg_catalog.=) r.relid
                          AND t.tgname OPERATOR(pg_catalog.~~) 'tenancy\_%'
                          AND t.tgenabled NOT IN ('O', 'A')) THEN
-            problem := 'a tenancy trigger would be disabled';
+            what := 'a tenancy trigger would be disabled';
         ELSIF EXISTS (SELECT FROM pg_inherits i
                        WHERE i.inhrelid OPERATOR(pg_catalog.=) r.relid
                          AND NOT EXISTS (SELECT FROM tenancy.protected_tables q
                                           WHERE q.relid OPERATOR(pg_catalog.=) i.inhparent)) THEN
-            problem := 'it would become a partition or child of a table that is not protected';
+            what := 'it would become a partition or child of a table that is not protected';
         END IF;
-        IF problem IS NOT NULL THEN
-            RAISE EXCEPTION 'tenancy: % is protected', r.relid
-                USING ERRCODE = '42501',
-                      DETAIL = format('This command would weaken the isolation of %s: %s.', r.relid, problem),
-                      HINT = 'A member of tenancy_admin can call tenancy.unprotect() first.';
+        IF what IS NOT NULL THEN
+            relid := r.relid;
+            problem := what;
+            RETURN NEXT;
         END IF;
+    END LOOP;
+END
+$$;
+
+-- Put back the triggers of protected tables that lost them without a
+-- command that tenancy refuses: DETACH PARTITION drops the triggers cloned
+-- from the parent (the policies stay).  Tables that were not intact
+-- before the command (known: a restore in progress) are left alone.
+-- Internal.
+CREATE FUNCTION tenancy._repair_triggers(known oid[]) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    previous boolean := tenancy._ddl_bypass(true);
+BEGIN
+    FOR r IN SELECT p.relid, p.tenant_column
+               FROM tenancy.protected_tables p
+              WHERE NOT p.relid::oid OPERATOR(pg_catalog.=) ANY (coalesce(known, '{}'))
+                AND (NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid
+                                    AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_guard')
+                     OR NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid
+                                       AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_truncate_guard')) LOOP
+        PERFORM tenancy._attach_triggers(r.relid, r.tenant_column);
+    END LOOP;
+    PERFORM tenancy._ddl_bypass(previous);
+END
+$$;
+
+-- Raise 42501 for the first of the given protected tables that is not
+-- intact, unless it was not intact before the command either (known).
+-- Internal.
+CREATE FUNCTION tenancy._check_protected(rels oid[] DEFAULT NULL, known oid[] DEFAULT '{}')
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT * FROM tenancy._protected_problems(rels) p
+              WHERE NOT p.relid::oid OPERATOR(pg_catalog.=) ANY (coalesce(known, '{}')) LOOP
+        RAISE EXCEPTION 'tenancy: % is protected', r.relid
+            USING ERRCODE = '42501',
+                  DETAIL = format('This command would weaken the isolation of %s: %s.', r.relid, r.problem),
+                  HINT = 'A member of tenancy_admin can call tenancy.unprotect() first.';
     END LOOP;
 END
 $$;
@@ -693,6 +740,10 @@ $$;
 -- column and renaming tenancy's triggers and isolation policy (C).
 CREATE FUNCTION tenancy._on_ddl_command_start() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ddl_command_start';
+
+-- What ddl_command_start found not intact before the command; internal.
+CREATE FUNCTION tenancy._ddl_prior_problems() RETURNS text
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_prior_problems';
 
 -- ddl_command_end: protect new partitions of protected tables, apply
 -- tenancy.auto_protect, refuse ALTER POLICY on an isolation policy, and
@@ -704,10 +755,14 @@ AS $$
 DECLARE
     cmd record;
     touched oid[] := '{}';
+    known oid[];
 BEGIN
     IF tenancy._ddl_bypass(NULL) THEN
         RETURN;
     END IF;
+    -- Tables that were not intact before this command (a restore that has
+    -- not reached their policies yet): not this command's doing.
+    known := tenancy._ddl_prior_problems()::oid[];
     FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
         IF cmd.command_tag OPERATOR(pg_catalog.=) 'ALTER POLICY' AND EXISTS (
                SELECT FROM pg_policy pol JOIN tenancy.protected_tables p
@@ -751,13 +806,14 @@ BEGIN
         END IF;
     END LOOP;
     PERFORM tenancy._sync_partitions();
+    PERFORM tenancy._repair_triggers(known);
     -- What the touched relations inherit from or pass on to.
     touched := ARRAY(WITH RECURSIVE up(relid) AS (
                          SELECT pg_catalog.unnest(touched)
                          UNION
                          SELECT i.inhrelid FROM pg_inherits i JOIN up ON i.inhparent OPERATOR(pg_catalog.=) up.relid)
                      SELECT relid FROM up);
-    PERFORM tenancy._check_protected(touched);
+    PERFORM tenancy._check_protected(touched, known);
 END
 $$;
 
@@ -798,8 +854,11 @@ BEGIN
 END
 $$;
 
+-- Both on the same commands: every start pushes what end pops.
 CREATE EVENT TRIGGER tenancy_ddl_precheck ON ddl_command_start
-    WHEN TAG IN ('ALTER TABLE', 'ALTER TRIGGER', 'ALTER POLICY')
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO',
+                 'ALTER POLICY', 'DROP POLICY', 'CREATE TRIGGER', 'DROP TRIGGER', 'ALTER TRIGGER',
+                 'CREATE POLICY')
     EXECUTE FUNCTION tenancy._on_ddl_command_start();
 
 CREATE EVENT TRIGGER tenancy_ddl_guard ON ddl_command_end
@@ -1004,6 +1063,8 @@ TO PUBLIC;
 -- it: the owner of a protected partitioned table needs it.  Called any
 -- other way than by the trigger manager, the function only raises.
 GRANT EXECUTE ON FUNCTION tenancy._row_guard() TO PUBLIC;
+-- Run by the ddl_command_start guard as whoever runs DDL.
+GRANT EXECUTE ON FUNCTION tenancy._protected_problems(oid[]) TO PUBLIC;
 
 -- Foundation: administration.
 GRANT EXECUTE ON FUNCTION

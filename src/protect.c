@@ -38,6 +38,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
 
@@ -48,9 +49,27 @@ PG_FUNCTION_INFO_V1(tenancy_truncate_guard);
 PG_FUNCTION_INFO_V1(tenancy_ddl_bypass);
 PG_FUNCTION_INFO_V1(tenancy_exec_as_owner);
 PG_FUNCTION_INFO_V1(tenancy_ddl_command_start);
+PG_FUNCTION_INFO_V1(tenancy_ddl_prior_problems);
 
 /* Set by protect()/unprotect() for the DDL they run; reset on any abort. */
 static bool ddl_bypass = false;
+
+/*
+ * The protected tables that were already not intact when a guarded DDL
+ * command started (a restore in progress, say, has not yet enabled row
+ * level security on the tables it lists), as the text of an oid[].  The
+ * state check at ddl_command_end refuses only what the command itself
+ * weakened.  A stack, because DDL can run inside DDL; entries remember
+ * their subtransaction so that an aborted one takes its entries with it.
+ * Lives in TopTransactionContext.
+ */
+typedef struct PriorProblems
+{
+	SubTransactionId subid;
+	char	   *relids;
+} PriorProblems;
+
+static List *prior_problems = NIL;
 
 /* Whether the current user bypasses RLS, cached per transaction. */
 static LocalTransactionId bypass_lxid = InvalidLocalTransactionId;
@@ -61,6 +80,7 @@ static void
 protect_xact_callback(XactEvent event, void *arg)
 {
 	ddl_bypass = false;
+	prior_problems = NIL;		/* its memory goes with the transaction */
 }
 
 static void
@@ -68,7 +88,12 @@ protect_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						 SubTransactionId parentSubid, void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
 		ddl_bypass = false;
+		while (prior_problems != NIL &&
+			   ((PriorProblems *) linitial(prior_problems))->subid >= mySubid)
+			prior_problems = list_delete_first(prior_problems);
+	}
 }
 
 void
@@ -378,12 +403,13 @@ check_protected_relation(RangeVar *rv, const char *what)
 
 /*
  * Event trigger function tenancy._on_ddl_command_start(), on
- * ddl_command_start for ALTER TABLE, ALTER TRIGGER and ALTER POLICY.
+ * ddl_command_start for the same commands as the ddl_command_end guard.
  * Refuses, before core sees them, the commands core would otherwise answer
  * with an error of its own or that leave no trace to check afterwards:
  * dropping, retyping or renaming the tenant column, renaming a tenancy_*
  * trigger or the tenancy_isolation policy.  Everything else that weakens
- * a protected table is caught by the state check at ddl_command_end.
+ * a protected table is caught by the state check at ddl_command_end, for
+ * which this records which protected tables were not intact to begin with.
  */
 Datum
 tenancy_ddl_command_start(PG_FUNCTION_ARGS)
@@ -434,6 +460,49 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 									 "policy tenancy_isolation would be renamed");
 	}
 
+	/* Remember what was not intact before the command, for the end check. */
+	{
+		int			ret;
+		char	   *relids = NULL;
+		MemoryContext oldcxt;
+		PriorProblems *entry;
+
+		ret = SPI_execute("SELECT pg_catalog.array_agg(p.relid::pg_catalog.oid)::pg_catalog.text "
+						  "FROM tenancy._protected_problems() p", true, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "tenancy: checking protected tables failed: %s",
+				 SPI_result_code_string(ret));
+		if (SPI_processed == 1)
+			relids = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+		entry = palloc(sizeof(PriorProblems));
+		entry->subid = GetCurrentSubTransactionId();
+		entry->relids = pstrdup(relids ? relids : "{}");
+		prior_problems = lcons(entry, prior_problems);
+		MemoryContextSwitchTo(oldcxt);
+	}
+
 	SPI_finish();
 	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: tenancy._ddl_prior_problems() RETURNS text, called first by the
+ * ddl_command_end trigger: pops what the matching ddl_command_start
+ * recorded (the oids of protected tables that were not intact before the
+ * command, as an oid[] literal).
+ */
+Datum
+tenancy_ddl_prior_problems(PG_FUNCTION_ARGS)
+{
+	PriorProblems *entry;
+	text	   *result;
+
+	if (prior_problems == NIL)
+		PG_RETURN_TEXT_P(cstring_to_text("{}"));
+	entry = (PriorProblems *) linitial(prior_problems);
+	result = cstring_to_text(entry->relids);
+	prior_problems = list_delete_first(prior_problems);
+	PG_RETURN_TEXT_P(result);
 }
