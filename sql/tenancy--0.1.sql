@@ -587,9 +587,10 @@ BEGIN
 END
 $$;
 
--- Protect partitions that appeared under a protected partitioned table
--- (CREATE TABLE ... PARTITION OF, ATTACH PARTITION).  Internal.
-CREATE FUNCTION tenancy._sync_partitions() RETURNS void
+-- Protect the new partitions, at any depth, of protected partitioned
+-- tables among rels (CREATE TABLE ... PARTITION OF, ATTACH PARTITION):
+-- with the tenant column of their nearest protected ancestor.  Internal.
+CREATE FUNCTION tenancy._sync_partitions(rels oid[]) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -597,14 +598,20 @@ DECLARE
     r record;
     previous boolean := tenancy._ddl_bypass(true);
 BEGIN
-    FOR r IN SELECT t.relid, p.tenant_column
-               FROM tenancy.protected_tables p
-               JOIN pg_class c ON c.oid OPERATOR(pg_catalog.=) p.relid AND c.relkind OPERATOR(pg_catalog.=) 'p'
-              CROSS JOIN LATERAL pg_partition_tree(p.relid) t
+    FOR r IN SELECT x.relid::regclass AS relid,
+                    (SELECT p.tenant_column
+                       FROM pg_partition_ancestors(x.relid::regclass) WITH ORDINALITY a(relid, n)
+                       JOIN tenancy.protected_tables p ON p.relid OPERATOR(pg_catalog.=) a.relid
+                      WHERE a.relid OPERATOR(pg_catalog.<>) x.relid::regclass
+                      ORDER BY a.n LIMIT 1) AS tenant_column
+               FROM pg_catalog.unnest(rels) WITH ORDINALITY x(relid, n)
+               JOIN pg_class c ON c.oid OPERATOR(pg_catalog.=) x.relid AND c.relispartition
               WHERE NOT EXISTS (SELECT FROM tenancy.protected_tables q
-                                 WHERE q.relid OPERATOR(pg_catalog.=) t.relid)
-              ORDER BY t.level LOOP
-        PERFORM tenancy._protect_relation(r.relid, r.tenant_column);
+                                 WHERE q.relid OPERATOR(pg_catalog.=) x.relid::regclass)
+              ORDER BY x.n LOOP
+        IF r.tenant_column IS NOT NULL THEN
+            PERFORM tenancy._protect_relation(r.relid, r.tenant_column);
+        END IF;
     END LOOP;
     PERFORM tenancy._ddl_bypass(previous);
 END
@@ -756,6 +763,7 @@ DECLARE
     cmd record;
     touched oid[] := '{}';
     known oid[];
+    altered boolean := false;
 BEGIN
     IF tenancy._ddl_bypass(NULL) THEN
         RETURN;
@@ -774,6 +782,7 @@ BEGIN
                       DETAIL = format('%s guards a protected table.', cmd.object_identity),
                       HINT = 'Add permissive policies of your own, or call tenancy.unprotect() first.';
         END IF;
+        altered := altered OR cmd.command_tag OPERATOR(pg_catalog.=) 'ALTER TABLE';
         -- The relation the command is about.
         IF cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass THEN
             touched := touched OPERATOR(pg_catalog.||) cmd.objid;
@@ -805,14 +814,20 @@ BEGIN
             PERFORM tenancy.protect(cmd.objid::regclass);
         END IF;
     END LOOP;
-    PERFORM tenancy._sync_partitions();
-    PERFORM tenancy._repair_triggers(known);
-    -- What the touched relations inherit from or pass on to.
-    touched := ARRAY(WITH RECURSIVE up(relid) AS (
-                         SELECT pg_catalog.unnest(touched)
+    -- The touched relations and their partitions and children, parents
+    -- first (ALTER TABLE recurses to them; ATTACH touches the parent).
+    touched := ARRAY(WITH RECURSIVE down(relid, depth) AS (
+                         SELECT t, 0 FROM pg_catalog.unnest(touched) t
                          UNION
-                         SELECT i.inhrelid FROM pg_inherits i JOIN up ON i.inhparent OPERATOR(pg_catalog.=) up.relid)
-                     SELECT relid FROM up);
+                         SELECT i.inhrelid, down.depth OPERATOR(pg_catalog.+) 1
+                           FROM pg_inherits i JOIN down ON i.inhparent OPERATOR(pg_catalog.=) down.relid)
+                     SELECT relid FROM down GROUP BY relid ORDER BY pg_catalog.min(depth), relid);
+    PERFORM tenancy._sync_partitions(touched);
+    -- Only ALTER TABLE (DETACH PARTITION) drops tenancy's triggers behind
+    -- its back.
+    IF altered THEN
+        PERFORM tenancy._repair_triggers(known);
+    END IF;
     PERFORM tenancy._check_protected(touched, known);
 END
 $$;

@@ -460,19 +460,30 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 									 "policy tenancy_isolation would be renamed");
 	}
 
-	/* Remember what was not intact before the command, for the end check. */
+	/*
+	 * Remember what was not intact before the command, for the end check.
+	 * A new temporary table can weaken nothing: skip the look at every
+	 * protected table for it.
+	 */
 	{
-		int			ret;
+		int			ret = 0;
 		char	   *relids = NULL;
 		MemoryContext oldcxt;
 		PriorProblems *entry;
+		bool		creates_temp = false;
 
-		ret = SPI_execute("SELECT pg_catalog.array_agg(p.relid::pg_catalog.oid)::pg_catalog.text "
-						  "FROM tenancy._protected_problems() p", true, 0);
-		if (ret != SPI_OK_SELECT)
+		if (IsA(parsetree, CreateStmt))
+			creates_temp = ((CreateStmt *) parsetree)->relation->relpersistence == RELPERSISTENCE_TEMP;
+		else if (IsA(parsetree, CreateTableAsStmt))
+			creates_temp = ((CreateTableAsStmt *) parsetree)->into->rel->relpersistence == RELPERSISTENCE_TEMP;
+
+		if (!creates_temp)
+			ret = SPI_execute("SELECT pg_catalog.array_agg(p.relid::pg_catalog.oid)::pg_catalog.text "
+							  "FROM tenancy._protected_problems() p", true, 0);
+		if (!creates_temp && ret != SPI_OK_SELECT)
 			elog(ERROR, "tenancy: checking protected tables failed: %s",
 				 SPI_result_code_string(ret));
-		if (SPI_processed == 1)
+		if (!creates_temp && SPI_processed == 1)
 			relids = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 
 		oldcxt = MemoryContextSwitchTo(TopTransactionContext);
