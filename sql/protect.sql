@@ -386,6 +386,13 @@ RESET ROLE;
 SELECT regress_try($$SELECT tenancy.unprotect('regress_s.events_2027')$$);
 -- Superusers are not subject to row level security: all rows.
 SELECT count(*) AS all_rows FROM regress_s.events;
+-- Nor are BYPASSRLS roles (even without a context).
+CREATE ROLE regress_bypass BYPASSRLS;
+GRANT USAGE ON SCHEMA regress_s TO regress_bypass;
+GRANT SELECT ON regress_s.events TO regress_bypass;
+SET ROLE regress_bypass;
+SELECT count(*) AS all_rows_bypassrls FROM regress_s.events;
+RESET ROLE;
 
 ----------------------------------------------------------------------
 -- tenancy.auto_protect
@@ -502,4 +509,4 @@ SELECT count(*) AS purged
   FROM (SELECT tenancy.delete_tenant(slug), tenancy.purge_tenant(slug) FROM tenancy.tenants) s;
 DROP FUNCTION public.regress_try(text);
 DROP FUNCTION public.regress_state(regclass);
-DROP ROLE regress_owner, regress_reader, regress_admin;
+DROP ROLE regress_owner, regress_reader, regress_admin, regress_bypass;
