@@ -123,6 +123,15 @@ SELECT count(*) AS differences FROM (
     (SELECT * FROM regress_state('regress_s.indexed') EXCEPT ALL SELECT * FROM before_state)
     UNION ALL
     (SELECT * FROM before_state EXCEPT ALL SELECT * FROM regress_state('regress_s.indexed'))) d;
+-- A member of tenancy_admin protects and unprotects a table it does not own.
+CREATE TABLE regress_s.by_admin (id int);
+ALTER TABLE regress_s.by_admin OWNER TO regress_owner;
+SET ROLE regress_admin;
+SELECT tenancy.protect('regress_s.by_admin');
+SELECT relid FROM tenancy.protected_tables WHERE relid = 'regress_s.by_admin'::regclass;
+SELECT tenancy.unprotect('regress_s.by_admin');
+RESET ROLE;
+SELECT what, value FROM regress_state('regress_s.by_admin') WHERE what IN ('rls', 'listed', 'policy');
 -- ... but another tenant column for a protected table is a mistake.
 SELECT regress_try($$SELECT tenancy.protect('regress_s.indexed', 'id')$$);
 SELECT relid, tenant_column FROM tenancy.protected_tables ORDER BY relid::text;

@@ -733,8 +733,11 @@ AS $$
 DECLARE
     r record;
 BEGIN
+    -- The first in the order of rels: the table the command named comes
+    -- before its partitions.
     FOR r IN SELECT * FROM tenancy._protected_problems(rels) p
-              WHERE NOT p.relid::oid OPERATOR(pg_catalog.=) ANY (coalesce(known, '{}')) LOOP
+              WHERE NOT p.relid::oid OPERATOR(pg_catalog.=) ANY (coalesce(known, '{}'))
+              ORDER BY pg_catalog.array_position(rels, p.relid::oid), p.relid::oid LOOP
         RAISE EXCEPTION 'tenancy: % is protected', r.relid
             USING ERRCODE = '42501',
                   DETAIL = format('This command would weaken the isolation of %s: %s.', r.relid, r.problem),
