@@ -380,6 +380,9 @@ SELECT cmd, regress_try(cmd) FROM (VALUES
     ('ALTER TABLE regress_s.events DISABLE TRIGGER tenancy_guard'),
     ('ALTER TABLE regress_s.events DROP COLUMN tenant_id'),
     ('ALTER TABLE regress_s.events ALTER COLUMN tenant_id TYPE text'),
+    ('ALTER TABLE regress_s.events_2027 DROP COLUMN tenant_id'),
+    ('ALTER TABLE regress_s.events_2026_a ALTER COLUMN tenant_id TYPE text'),
+    ('ALTER TABLE regress_s.events_2026 RENAME COLUMN tenant_id TO org'),
     ('TRUNCATE regress_s.events_2026_b'),
     ('TRUNCATE regress_s.events')
 ) AS c(cmd);
