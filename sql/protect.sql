@@ -109,6 +109,11 @@ INSERT INTO regress_s.nullable VALUES (1, :'bolt'), (2, NULL);
 SELECT regress_try($$SELECT tenancy.protect('regress_s.nullable', 'org')$$);
 SELECT tenancy.protect('regress_s.nullable', 'org', 'acme');
 SELECT id, org = :'acme' AS acme, org = :'bolt' AS bolt FROM regress_s.nullable ORDER BY id;
+-- A restrictive policy that would run before tenancy_isolation: 55000.
+CREATE TABLE regress_s.early (id int, tenant_id uuid NOT NULL);
+CREATE POLICY early ON regress_s.early AS RESTRICTIVE USING (id > 0);
+SELECT regress_try($$SELECT tenancy.protect('regress_s.early')$$);
+SELECT * FROM regress_state('regress_s.early') WHERE what IN ('rls', 'listed', 'trigger');
 -- An index leading with the tenant column is used, not duplicated (a
 -- partial one does not count).
 CREATE TABLE regress_s.indexed (id int, tenant_id uuid NOT NULL);
@@ -172,6 +177,22 @@ CREATE POLICY regress_everything ON regress_s.docs AS PERMISSIVE FOR ALL USING (
 SET app.tenant_id = :'bolt';
 SELECT id, who FROM regress_s.docs ORDER BY id;
 SELECT regress_try(format('INSERT INTO regress_s.docs VALUES (9, %L, ''forged'')', :'acme'));
+-- A restrictive policy of the owner's runs after tenancy_isolation
+-- (PostgreSQL applies restrictive policies in name order), so a function in
+-- it sees bolt's rows only, even on a sequential scan.  A restrictive policy
+-- whose name sorts first would see every row: refused.
+SET enable_indexscan = off;
+SET enable_bitmapscan = off;
+CREATE POLICY zz_peek ON regress_s.docs AS RESTRICTIVE USING (regress_s.peek(who));
+SELECT id FROM regress_s.docs ORDER BY id;
+DROP POLICY zz_peek ON regress_s.docs;
+SELECT regress_try('CREATE POLICY a_peek ON regress_s.docs AS RESTRICTIVE USING (regress_s.peek(who))');
+SELECT regress_try('CREATE POLICY "tenancy_isolatioN" ON regress_s.docs AS RESTRICTIVE FOR SELECT USING (regress_s.peek(who))');
+CREATE POLICY zz_narrow ON regress_s.docs AS RESTRICTIVE USING (true);
+SELECT regress_try('ALTER POLICY zz_narrow ON regress_s.docs RENAME TO a_narrow');
+DROP POLICY zz_narrow ON regress_s.docs;
+RESET enable_indexscan;
+RESET enable_bitmapscan;
 -- tenancy_allow may be replaced by the owner's own permissive policies
 -- (the SPEC allows it): isolation still holds.
 DROP POLICY tenancy_allow ON regress_s.docs;

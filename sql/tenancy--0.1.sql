@@ -462,6 +462,19 @@ BEGIN
                                   WHERE i.inhrelid OPERATOR(pg_catalog.=) tbl LIMIT 1));
     END IF;
 
+    -- Restrictive policies run in name order: one of the user's that sorts
+    -- before tenancy_isolation would see every tenant's rows.
+    IF EXISTS (SELECT FROM pg_policy pol
+                WHERE pol.polrelid OPERATOR(pg_catalog.=) ANY (ARRAY(
+                          SELECT tbl::oid UNION SELECT t.relid::oid FROM pg_partition_tree(tbl) t))
+                  AND NOT pol.polpermissive
+                  AND (pol.polname COLLATE "C") OPERATOR(pg_catalog.<) ('tenancy_isolation' COLLATE "C")) THEN
+        RAISE EXCEPTION 'tenancy: % has a restrictive policy that would run before tenancy_isolation', tbl
+            USING ERRCODE = '55000',
+                  DETAIL = 'PostgreSQL applies restrictive policies in name order; one that comes first sees every tenant''s rows.',
+                  HINT = 'Rename the policy so that its name sorts after tenancy_isolation (for example with a prefix "zz_").';
+    END IF;
+
     SELECT a.attnum, a.atttypid, a.attnotnull INTO att
       FROM pg_attribute a
      WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) tenant_column
@@ -659,6 +672,18 @@ BEGIN
                              AND pol.polcmd OPERATOR(pg_catalog.=) '*'
                              AND pol.polroles OPERATOR(pg_catalog.=) '{0}'::oid[]) THEN
             what := 'policy tenancy_isolation would be dropped or changed';
+        ELSIF EXISTS (SELECT FROM pg_policy pol
+                       WHERE pol.polrelid OPERATOR(pg_catalog.=) r.relid
+                         AND NOT pol.polpermissive
+                         AND (pol.polname COLLATE "C") OPERATOR(pg_catalog.<) ('tenancy_isolation' COLLATE "C")) THEN
+            -- PostgreSQL applies restrictive policies in name order: one
+            -- that comes first sees every tenant's rows.
+            what := format('restrictive policy %s would run before tenancy_isolation and see every tenant''s rows '
+                           '(restrictive policies run in name order: give it a name that sorts after tenancy_isolation)',
+                           (SELECT pg_catalog.quote_ident(pol.polname) FROM pg_policy pol
+                             WHERE pol.polrelid OPERATOR(pg_catalog.=) r.relid AND NOT pol.polpermissive
+                               AND (pol.polname COLLATE "C") OPERATOR(pg_catalog.<) ('tenancy_isolation' COLLATE "C")
+                             ORDER BY pol.polname COLLATE "C" LIMIT 1));
         ELSIF NOT EXISTS (SELECT FROM pg_trigger t
                            WHERE t.tgrelid OPERATOR(pg_catalog.=) r.relid
                              AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_guard'
