@@ -171,6 +171,20 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON regress_s.docs, regress_s.docs_invoker,
 -- Nothing of the above stayed; bolt's rows are untouched.
 SELECT id, who, tenant_id = :'acme' AS acme FROM regress_s.docs ORDER BY id;
 
+-- A suspended tenant's sessions lose access (TN003) from their next
+-- transaction; the first line only, as the DETAIL names the random id.
+SELECT tenancy.suspend_tenant('bolt', 'regress');
+SET ROLE regress_reader;
+SET app.tenant_id = :'bolt';
+SELECT split_part(regress_try('SELECT count(*) FROM regress_s.docs'), E'\n', 1);
+SELECT split_part(regress_try($$INSERT INTO regress_s.docs (id, who) VALUES (8, 'x')$$), E'\n', 1);
+RESET ROLE;
+SELECT tenancy.activate_tenant('bolt');
+SET ROLE regress_reader;
+SELECT count(*) AS bolt_rows_again FROM regress_s.docs;
+RESET ROLE;
+RESET app.tenant_id;
+
 -- A permissive policy of the owner's cannot widen isolation.
 SET ROLE regress_owner;
 CREATE POLICY regress_everything ON regress_s.docs AS PERMISSIVE FOR ALL USING (true) WITH CHECK (true);
