@@ -637,88 +637,77 @@ $$;
 -- Internal; also used at ddl_command_start (hence EXECUTE for PUBLIC).
 CREATE FUNCTION tenancy._protected_problems(rels oid[] DEFAULT NULL)
 RETURNS TABLE (relid regclass, problem text)
-LANGUAGE plpgsql STABLE
+LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    r record;
-    what text;
-    enc name := pg_catalog.getdatabaseencoding();
-BEGIN
-    FOR r IN SELECT p.relid, p.tenant_column, c.relrowsecurity, c.relforcerowsecurity
-               FROM tenancy.protected_tables p
-               JOIN pg_class c ON c.oid OPERATOR(pg_catalog.=) p.relid
-              WHERE rels IS NULL OR p.relid::oid OPERATOR(pg_catalog.=) ANY (rels) LOOP
-        what := NULL;
-        IF NOT r.relrowsecurity THEN
-            what := 'row level security would be disabled';
-        ELSIF NOT r.relforcerowsecurity THEN
-            what := 'row level security would no longer be forced';
-        ELSIF NOT EXISTS (SELECT FROM pg_attribute a
-                           WHERE a.attrelid OPERATOR(pg_catalog.=) r.relid
-                             AND a.attname OPERATOR(pg_catalog.=) r.tenant_column
-                             AND NOT a.attisdropped
-                             AND a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.uuid'::pg_catalog.regtype) THEN
-            what := format('tenant column "%s" would be dropped, renamed or retyped', r.tenant_column);
-        ELSIF NOT EXISTS (SELECT FROM pg_attribute a
-                           WHERE a.attrelid OPERATOR(pg_catalog.=) r.relid
-                             AND a.attname OPERATOR(pg_catalog.=) r.tenant_column
-                             AND a.attnotnull) THEN
-            what := format('tenant column "%s" would accept NULL', r.tenant_column);
-        ELSIF NOT EXISTS (SELECT FROM pg_policy pol
-                           WHERE pol.polrelid OPERATOR(pg_catalog.=) r.relid
-                             AND pol.polname OPERATOR(pg_catalog.=) 'tenancy_isolation'
-                             AND NOT pol.polpermissive
-                             AND pol.polcmd OPERATOR(pg_catalog.=) '*'
-                             AND pol.polroles OPERATOR(pg_catalog.=) '{0}'::oid[]) THEN
-            what := 'policy tenancy_isolation would be dropped or changed';
-        ELSIF EXISTS (SELECT FROM pg_policy pol
-                       WHERE pol.polrelid OPERATOR(pg_catalog.=) r.relid
-                         AND NOT pol.polpermissive
-                         AND (pol.polname COLLATE "C") OPERATOR(pg_catalog.<) ('tenancy_isolation' COLLATE "C")) THEN
-            -- PostgreSQL applies restrictive policies in name order: one
-            -- that comes first sees every tenant's rows.
-            what := format('restrictive policy %s would run before tenancy_isolation and see every tenant''s rows '
-                           '(restrictive policies run in name order: give it a name that sorts after tenancy_isolation)',
-                           (SELECT pg_catalog.quote_ident(pol.polname) FROM pg_policy pol
-                             WHERE pol.polrelid OPERATOR(pg_catalog.=) r.relid AND NOT pol.polpermissive
-                               AND (pol.polname COLLATE "C") OPERATOR(pg_catalog.<) ('tenancy_isolation' COLLATE "C")
-                             ORDER BY pol.polname COLLATE "C" LIMIT 1));
-        ELSIF NOT EXISTS (SELECT FROM pg_trigger t
-                           WHERE t.tgrelid OPERATOR(pg_catalog.=) r.relid
-                             AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_guard'
-                             AND t.tgfoid OPERATOR(pg_catalog.=) 'tenancy._row_guard()'::pg_catalog.regprocedure
-                             AND t.tgtype OPERATOR(pg_catalog.=) 23  -- BEFORE INSERT OR UPDATE FOR EACH ROW
-                             AND t.tgqual IS NULL
-                             AND t.tgattr OPERATOR(pg_catalog.=) ''::pg_catalog.int2vector
-                             AND t.tgargs OPERATOR(pg_catalog.=) (pg_catalog.convert_to(r.tenant_column, enc)
-                                                                 OPERATOR(pg_catalog.||) '\x00'::bytea)) THEN
-            what := 'trigger tenancy_guard would be dropped or changed';
-        ELSIF NOT EXISTS (SELECT FROM pg_trigger t
-                           WHERE t.tgrelid OPERATOR(pg_catalog.=) r.relid
-                             AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_truncate_guard'
-                             AND t.tgfoid OPERATOR(pg_catalog.=) 'tenancy._truncate_guard()'::pg_catalog.regprocedure
-                             AND t.tgtype OPERATOR(pg_catalog.=) 34  -- BEFORE TRUNCATE FOR EACH STATEMENT
-                             AND t.tgqual IS NULL) THEN
-            what := 'trigger tenancy_truncate_guard would be dropped or changed';
-        ELSIF EXISTS (SELECT FROM pg_trigger t
-                       WHERE t.tgrelid OPERATOR(pg_catalog.=) r.relid
-                         AND t.tgname OPERATOR(pg_catalog.~~) 'tenancy\_%'
-                         AND t.tgenabled NOT IN ('O', 'A')) THEN
-            what := 'a tenancy trigger would be disabled';
-        ELSIF EXISTS (SELECT FROM pg_inherits i
-                       WHERE i.inhrelid OPERATOR(pg_catalog.=) r.relid
-                         AND NOT EXISTS (SELECT FROM tenancy.protected_tables q
-                                          WHERE q.relid OPERATOR(pg_catalog.=) i.inhparent)) THEN
-            what := 'it would become a partition or child of a table that is not protected';
-        END IF;
-        IF what IS NOT NULL THEN
-            relid := r.relid;
-            problem := what;
-            RETURN NEXT;
-        END IF;
-    END LOOP;
-END
+-- One query over the list (it runs at the start of every guarded DDL
+-- command); the first problem of each table, in the order below.
+SELECT x.relid, x.problem FROM (
+SELECT p.relid, CASE
+    WHEN NOT c.relrowsecurity THEN
+        'row level security would be disabled'
+    WHEN NOT c.relforcerowsecurity THEN
+        'row level security would no longer be forced'
+    WHEN a.atttypid IS DISTINCT FROM 'pg_catalog.uuid'::pg_catalog.regtype THEN
+        format('tenant column "%s" would be dropped, renamed or retyped', p.tenant_column)
+    WHEN NOT a.attnotnull THEN
+        format('tenant column "%s" would accept NULL', p.tenant_column)
+    WHEN NOT EXISTS (SELECT FROM pg_policy pol
+                      WHERE pol.polrelid OPERATOR(pg_catalog.=) p.relid
+                        AND pol.polname OPERATOR(pg_catalog.=) 'tenancy_isolation'
+                        AND NOT pol.polpermissive
+                        AND pol.polcmd OPERATOR(pg_catalog.=) '*'
+                        AND pol.polroles OPERATOR(pg_catalog.=) '{0}'::oid[]) THEN
+        'policy tenancy_isolation would be dropped or changed'
+    -- PostgreSQL applies restrictive policies in name order: one that
+    -- comes first sees every tenant's rows.
+    WHEN EXISTS (SELECT FROM pg_policy pol
+                  WHERE pol.polrelid OPERATOR(pg_catalog.=) p.relid
+                    AND NOT pol.polpermissive
+                    AND (pol.polname COLLATE "C") OPERATOR(pg_catalog.<) ('tenancy_isolation' COLLATE "C")) THEN
+        format('restrictive policy %s would run before tenancy_isolation and see every tenant''s rows '
+               '(restrictive policies run in name order: give it a name that sorts after tenancy_isolation)',
+               (SELECT pg_catalog.quote_ident(pol.polname) FROM pg_policy pol
+                 WHERE pol.polrelid OPERATOR(pg_catalog.=) p.relid AND NOT pol.polpermissive
+                   AND (pol.polname COLLATE "C") OPERATOR(pg_catalog.<) ('tenancy_isolation' COLLATE "C")
+                 ORDER BY pol.polname COLLATE "C" LIMIT 1))
+    WHEN NOT EXISTS (SELECT FROM pg_trigger t
+                      WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid
+                        AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_guard'
+                        AND t.tgfoid OPERATOR(pg_catalog.=) 'tenancy._row_guard()'::pg_catalog.regprocedure
+                        AND t.tgtype OPERATOR(pg_catalog.=) 23  -- BEFORE INSERT OR UPDATE FOR EACH ROW
+                        AND t.tgqual IS NULL
+                        AND t.tgattr OPERATOR(pg_catalog.=) ''::pg_catalog.int2vector
+                        AND t.tgargs OPERATOR(pg_catalog.=)
+                            (pg_catalog.convert_to(p.tenant_column::text, pg_catalog.getdatabaseencoding())
+                             OPERATOR(pg_catalog.||) '\x00'::bytea)) THEN
+        'trigger tenancy_guard would be dropped or changed'
+    WHEN NOT EXISTS (SELECT FROM pg_trigger t
+                      WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid
+                        AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_truncate_guard'
+                        AND t.tgfoid OPERATOR(pg_catalog.=) 'tenancy._truncate_guard()'::pg_catalog.regprocedure
+                        AND t.tgtype OPERATOR(pg_catalog.=) 34  -- BEFORE TRUNCATE FOR EACH STATEMENT
+                        AND t.tgqual IS NULL) THEN
+        'trigger tenancy_truncate_guard would be dropped or changed'
+    WHEN EXISTS (SELECT FROM pg_trigger t
+                  WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid
+                    AND t.tgname OPERATOR(pg_catalog.~~) 'tenancy\_%'
+                    AND t.tgenabled NOT IN ('O', 'A')) THEN
+        'a tenancy trigger would be disabled'
+    WHEN EXISTS (SELECT FROM pg_inherits i
+                  WHERE i.inhrelid OPERATOR(pg_catalog.=) p.relid
+                    AND NOT EXISTS (SELECT FROM tenancy.protected_tables q
+                                     WHERE q.relid OPERATOR(pg_catalog.=) i.inhparent)) THEN
+        'it would become a partition or child of a table that is not protected'
+    END AS problem
+  FROM tenancy.protected_tables p
+  JOIN pg_class c ON c.oid OPERATOR(pg_catalog.=) p.relid
+  LEFT JOIN pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) p.relid
+                          AND a.attname OPERATOR(pg_catalog.=) p.tenant_column
+                          AND NOT a.attisdropped
+ WHERE rels IS NULL OR p.relid::oid OPERATOR(pg_catalog.=) ANY (rels)
+) x
+WHERE x.problem IS NOT NULL
 $$;
 
 -- Put back the triggers of protected tables that lost them without a
