@@ -10,28 +10,66 @@
  * UPDATE so that a row of another tenant is refused with tenancy's own
  * message; RLS's WITH CHECK stays behind it.
  *
+ * Also here: the ddl_command_start half of the DDL guard (commands that
+ * core would refuse with its own, less helpful error, such as dropping a
+ * column a policy uses, are refused first with 42501), and
+ * tenancy._exec_as_owner(), which runs the statements protect() and
+ * purge_tenant() issue against a user's table as that table's owner, so
+ * that the owner's triggers never run with the extension owner's rights.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
+#include "catalog/pg_type.h"
+#include "commands/event_trigger.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
 #include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 
 #include "tenancy.h"
 
 PG_FUNCTION_INFO_V1(tenancy_row_guard);
 PG_FUNCTION_INFO_V1(tenancy_truncate_guard);
 PG_FUNCTION_INFO_V1(tenancy_ddl_bypass);
+PG_FUNCTION_INFO_V1(tenancy_exec_as_owner);
+PG_FUNCTION_INFO_V1(tenancy_ddl_command_start);
+PG_FUNCTION_INFO_V1(tenancy_ddl_prior_problems);
 
 /* Set by protect()/unprotect() for the DDL they run; reset on any abort. */
 static bool ddl_bypass = false;
+
+/*
+ * The protected tables that were already not intact when a guarded DDL
+ * command started (a restore in progress, say, has not yet enabled row
+ * level security on the tables it lists), as the text of an oid[].  The
+ * state check at ddl_command_end refuses only what the command itself
+ * weakened.  A stack, because DDL can run inside DDL; entries remember
+ * their subtransaction so that an aborted one takes its entries with it.
+ * Lives in TopTransactionContext.
+ */
+typedef struct PriorProblems
+{
+	SubTransactionId subid;
+	char	   *relids;
+} PriorProblems;
+
+static List *prior_problems = NIL;
 
 /* Whether the current user bypasses RLS, cached per transaction. */
 static LocalTransactionId bypass_lxid = InvalidLocalTransactionId;
@@ -42,6 +80,7 @@ static void
 protect_xact_callback(XactEvent event, void *arg)
 {
 	ddl_bypass = false;
+	prior_problems = NIL;		/* its memory goes with the transaction */
 }
 
 static void
@@ -49,7 +88,12 @@ protect_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						 SubTransactionId parentSubid, void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
 		ddl_bypass = false;
+		while (prior_problems != NIL &&
+			   ((PriorProblems *) linitial(prior_problems))->subid >= mySubid)
+			prior_problems = list_delete_first(prior_problems);
+	}
 }
 
 void
@@ -188,4 +232,288 @@ tenancy_ddl_bypass(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(previous);	/* just ask */
 	ddl_bypass = PG_GETARG_BOOL(0);
 	PG_RETURN_BOOL(previous);
+}
+
+/*
+ * SQL: tenancy._exec_as_owner(tbl regclass, query text, tenant uuid)
+ * RETURNS bigint.  Runs query (with $1 = tenant) as the owner of tbl, in a
+ * security-restricted operation, not subject to FORCE ROW LEVEL SECURITY,
+ * with the DDL bypass off and setting changes undone afterwards; returns
+ * the number of rows processed.
+ *
+ * protect() (the backfill UPDATE) and purge_tenant() (the DELETEs) are
+ * SECURITY DEFINER functions owned by a superuser.  Run directly, a
+ * statement on a user's table would fire that user's triggers, CHECK
+ * constraints and index expressions with superuser rights.  Run here, they
+ * get no more than the table owner has, as CREATE INDEX and REFRESH
+ * MATERIALIZED VIEW do.  SECURITY_NOFORCE_RLS (as in the referential
+ * integrity triggers) lets the owner reach every tenant's rows, which
+ * these two statements need.  EXECUTE is not granted to anyone.
+ */
+Datum
+tenancy_exec_as_owner(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	char	   *query;
+	HeapTuple	tuple;
+	Oid			owner;
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+	bool		save_bypass = ddl_bypass;
+	Oid			argtypes[1] = {UUIDOID};
+	Datum		values[1];
+	char		nulls[1] = {' '};
+	int			ret;
+	uint64		processed;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		elog(ERROR, "tenancy: _exec_as_owner needs a table and a query");
+	relid = PG_GETARG_OID(0);
+	query = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (PG_ARGISNULL(2))
+	{
+		values[0] = (Datum) 0;
+		nulls[0] = 'n';
+	}
+	else
+		values[0] = PG_GETARG_DATUM(2);
+
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "tenancy: cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+
+	/* An error aborts the (sub)transaction, which restores all of this. */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION | SECURITY_NOFORCE_RLS);
+	save_nestlevel = NewGUCNestLevel();
+	ddl_bypass = false;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "tenancy: SPI_connect failed");
+	ret = SPI_execute_with_args(query, 1, argtypes, values, nulls, false, 0);
+	if (ret < 0)
+		elog(ERROR, "tenancy: SPI_execute_with_args returned %s", SPI_result_code_string(ret));
+	processed = SPI_processed;
+	SPI_finish();
+
+	ddl_bypass = save_bypass;
+	AtEOXact_GUC(false, save_nestlevel);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+
+	PG_RETURN_INT64((int64) processed);
+}
+
+/*
+ * The tenant column of a protected table, or NULL when relid is not
+ * protected.  Reads tenancy.protected_tables through SPI; the caller is
+ * connected.
+ */
+static char *
+protected_column(Oid relid)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		values[1];
+	int			ret;
+
+	values[0] = ObjectIdGetDatum(relid);
+	ret = SPI_execute_with_args("SELECT p.tenant_column::pg_catalog.text FROM tenancy.protected_tables p "
+								"WHERE p.relid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+								1, argtypes, values, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "tenancy: reading tenancy.protected_tables failed: %s",
+			 SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		return NULL;
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/*
+ * Raise the 42501 of a command that would weaken a protected table, naming
+ * it as the state check at ddl_command_end does (schema-qualified).
+ */
+static void
+refuse_weakening(Oid relid, const char *what)
+{
+	const char *name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+												  get_rel_name(relid));
+
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("tenancy: %s is protected", name),
+			 errdetail("This command would weaken the isolation of %s: %s.", name, what),
+			 errhint("A member of tenancy_admin can call tenancy.unprotect() first.")));
+}
+
+/*
+ * The relation a command names and, unless it says ONLY, its inheritance
+ * descendants (the relations ALTER TABLE recurses to).  Empty when the
+ * relation does not exist: core reports that.
+ */
+static List *
+command_relations(RangeVar *rv)
+{
+	Oid			relid;
+
+	if (rv == NULL)
+		return NIL;
+	relid = RangeVarGetRelid(rv, NoLock, true);
+	if (!OidIsValid(relid))
+		return NIL;
+	if (!rv->inh)
+		return list_make1_oid(relid);
+	return find_all_inheritors(relid, NoLock, NULL);
+}
+
+/* Refuse if column colname is the tenant column of rv or a descendant. */
+static void
+check_tenant_column(RangeVar *rv, const char *colname, const char *what)
+{
+	ListCell   *lc;
+
+	if (colname == NULL)
+		return;
+	foreach(lc, command_relations(rv))
+	{
+		Oid			relid = lfirst_oid(lc);
+		char	   *col = protected_column(relid);
+
+		if (col != NULL && strcmp(col, colname) == 0)
+			refuse_weakening(relid, psprintf("tenant column \"%s\" would be %s", colname, what));
+	}
+}
+
+/* Refuse if rv or a descendant is protected. */
+static void
+check_protected_relation(RangeVar *rv, const char *what)
+{
+	ListCell   *lc;
+
+	foreach(lc, command_relations(rv))
+	{
+		Oid			relid = lfirst_oid(lc);
+
+		if (protected_column(relid) != NULL)
+			refuse_weakening(relid, what);
+	}
+}
+
+/*
+ * Event trigger function tenancy._on_ddl_command_start(), on
+ * ddl_command_start for the same commands as the ddl_command_end guard.
+ * Refuses, before core sees them, the commands core would otherwise answer
+ * with an error of its own or that leave no trace to check afterwards:
+ * dropping, retyping or renaming the tenant column, renaming a tenancy_*
+ * trigger or the tenancy_isolation policy.  Everything else that weakens
+ * a protected table is caught by the state check at ddl_command_end, for
+ * which this records which protected tables were not intact to begin with.
+ */
+Datum
+tenancy_ddl_command_start(PG_FUNCTION_ARGS)
+{
+	EventTriggerData *trigdata;
+	Node	   *parsetree;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("tenancy: tenancy._on_ddl_command_start() must be fired by an event trigger")));
+	if (ddl_bypass)
+		PG_RETURN_VOID();
+	trigdata = (EventTriggerData *) fcinfo->context;
+	parsetree = trigdata->parsetree;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "tenancy: SPI_connect failed");
+
+	if (IsA(parsetree, AlterTableStmt))
+	{
+		AlterTableStmt *stmt = (AlterTableStmt *) parsetree;
+		ListCell   *lc;
+
+		foreach(lc, stmt->cmds)
+		{
+			AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+
+			if (cmd->subtype == AT_DropColumn)
+				check_tenant_column(stmt->relation, cmd->name, "dropped");
+			else if (cmd->subtype == AT_AlterColumnType)
+				check_tenant_column(stmt->relation, cmd->name, "retyped");
+		}
+	}
+	else if (IsA(parsetree, RenameStmt))
+	{
+		RenameStmt *stmt = (RenameStmt *) parsetree;
+
+		if (stmt->renameType == OBJECT_COLUMN)
+			check_tenant_column(stmt->relation, stmt->subname, "renamed");
+		else if (stmt->renameType == OBJECT_TRIGGER && stmt->subname != NULL &&
+				 strncmp(stmt->subname, "tenancy_", 8) == 0)
+			check_protected_relation(stmt->relation,
+									 psprintf("trigger %s would be renamed", stmt->subname));
+		else if (stmt->renameType == OBJECT_POLICY && stmt->subname != NULL &&
+				 strcmp(stmt->subname, "tenancy_isolation") == 0)
+			check_protected_relation(stmt->relation,
+									 "policy tenancy_isolation would be renamed");
+	}
+
+	/*
+	 * Remember what was not intact before the command, for the end check.
+	 * A new temporary table can weaken nothing: skip the look at every
+	 * protected table for it.
+	 */
+	{
+		int			ret = 0;
+		char	   *relids = NULL;
+		MemoryContext oldcxt;
+		PriorProblems *entry;
+		bool		creates_temp = false;
+
+		if (IsA(parsetree, CreateStmt))
+			creates_temp = ((CreateStmt *) parsetree)->relation->relpersistence == RELPERSISTENCE_TEMP;
+		else if (IsA(parsetree, CreateTableAsStmt))
+			creates_temp = ((CreateTableAsStmt *) parsetree)->into->rel->relpersistence == RELPERSISTENCE_TEMP;
+
+		if (!creates_temp)
+			ret = SPI_execute("SELECT pg_catalog.array_agg(p.relid::pg_catalog.oid)::pg_catalog.text "
+							  "FROM tenancy._protected_problems() p", true, 0);
+		if (!creates_temp && ret != SPI_OK_SELECT)
+			elog(ERROR, "tenancy: checking protected tables failed: %s",
+				 SPI_result_code_string(ret));
+		if (!creates_temp && SPI_processed == 1)
+			relids = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+		entry = palloc(sizeof(PriorProblems));
+		entry->subid = GetCurrentSubTransactionId();
+		entry->relids = pstrdup(relids ? relids : "{}");
+		prior_problems = lcons(entry, prior_problems);
+		MemoryContextSwitchTo(oldcxt);
+	}
+
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: tenancy._ddl_prior_problems() RETURNS text, called first by the
+ * ddl_command_end trigger: pops what the matching ddl_command_start
+ * recorded (the oids of protected tables that were not intact before the
+ * command, as an oid[] literal).
+ */
+Datum
+tenancy_ddl_prior_problems(PG_FUNCTION_ARGS)
+{
+	PriorProblems *entry;
+	text	   *result;
+
+	if (prior_problems == NIL)
+		PG_RETURN_TEXT_P(cstring_to_text("{}"));
+	entry = (PriorProblems *) linitial(prior_problems);
+	result = cstring_to_text(entry->relids);
+	prior_problems = list_delete_first(prior_problems);
+	PG_RETURN_TEXT_P(result);
 }
