@@ -34,8 +34,14 @@
 PG_FUNCTION_INFO_V1(tenancy_current_tenant_id);
 PG_FUNCTION_INFO_V1(tenancy_set_tenant);
 
-/* The context validated in this transaction; valid until it ends. */
+/*
+ * The context validated in this transaction; valid until it ends, a context
+ * setting changes (assign hooks), a subtransaction aborts (its settings are
+ * rolled back) or the session user changes (SET SESSION AUTHORIZATION, which
+ * changes whose rights count).
+ */
 static bool context_valid = false;
+static Oid	context_session_user = InvalidOid;
 static pg_uuid_t *context_tenant = NULL;	/* in TopTransactionContext */
 
 /*
@@ -154,13 +160,23 @@ tenancy_context_claimed(pg_uuid_t *tenant)
 	return false;
 }
 
+/*
+ * Raise 42501 for a context the session may not use.  bound: whether the
+ * session is bound to a (different) tenant by an API key.
+ */
 static void
-raise_not_permitted(void)
+raise_not_permitted(bool bound)
 {
+	if (bound)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("tenancy: permission denied to act for this tenant"),
+				 errdetail("This session is bound to another tenant by tenancy.authenticate()."),
+				 errhint("Call tenancy.logout(), then authenticate with an API key of the tenant.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("tenancy: permission denied to act for this tenant"),
-			 errdetail("Only superusers, members of tenancy_app or tenancy_admin, and a session authenticated by an API key of that tenant may act for a tenant."),
+			 errdetail("Only superusers, members of tenancy_app or tenancy_admin, and a session authenticated by an API key of that tenant may act for a tenant; the session user is none of these."),
 			 errhint("Call tenancy.authenticate() with an API key of the tenant, or connect as a member of tenancy_app.")));
 }
 
@@ -168,6 +184,11 @@ raise_not_permitted(void)
  * Validate the context setting: the second enforcement of the rule, judged
  * by session_user or the binding, then existence and status.  Raises
  * TN001, 42501, TN002 or TN003.
+ *
+ * The privilege test catches values that reached app.tenant_id without the
+ * check hook judging them (postgresql.conf, ALTER SYSTEM), and values that
+ * were legitimate when set but are no longer (SET SESSION AUTHORIZATION to
+ * a less privileged role, a binding replaced or dropped).
  */
 static void
 context_validate(pg_uuid_t *result)
@@ -177,6 +198,7 @@ context_validate(pg_uuid_t *result)
 	bool		bound = tenancy_context_binding(&bound_tenant, &bound_key);
 	bool		from_default = false;
 	const char *value = tenancy_guc_tenant_id;
+	char		canonical[TENANCY_UUID_STRLEN + 1];
 	TenancyTenant tenant;
 
 	if (bound)
@@ -191,34 +213,43 @@ context_validate(pg_uuid_t *result)
 		ereport(ERROR,
 				(errcode(ERRCODE_TENANCY_NO_CONTEXT),
 				 errmsg("tenancy: no tenant context"),
-				 errdetail("app.tenant_id is not set in this session."),
+				 errdetail("app.tenant_id is not set in this session and tenancy.default_tenant is empty."),
 				 errhint("SET app.tenant_id to the tenant's id, or call tenancy.set_tenant() or tenancy.authenticate().")));
 	if (!tenancy_uuid_parse(value, result))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("tenancy: app.tenant_id must be a uuid or empty"),
 				 errdetail("The value \"%s\" is not a uuid.", value)));
+	tenancy_uuid_format(result, canonical);
 
+	/*
+	 * A bound session acts for its key's tenant only, also through
+	 * tenancy.default_tenant.  Otherwise the login role decides; the
+	 * default tenant is the administrator's choice for every session.
+	 */
 	if (bound)
 	{
 		if (memcmp(bound_tenant.data, result->data, UUID_LEN) != 0)
-			raise_not_permitted();
+			raise_not_permitted(true);
 	}
 	else if (!from_default && !tenancy_context_role_may_set_any(GetSessionUserId()))
-		raise_not_permitted();
+		raise_not_permitted(false);
 
 	if (!tenancy_tenant_lookup(result, &tenant))
 		ereport(ERROR,
 				(errcode(ERRCODE_TENANCY_UNKNOWN_TENANT),
 				 errmsg("tenancy: unknown tenant"),
-				 errdetail("No tenant has the id %s.", value),
+				 errdetail("No tenant has the id %s (the value of %s).", canonical,
+						   from_default ? "tenancy.default_tenant" : "app.tenant_id"),
 				 errhint("Set app.tenant_id to the id of an existing tenant.")));
 	if (strcmp(tenant.status, "active") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_TENANCY_TENANT_NOT_ACTIVE),
 				 errmsg("tenancy: tenant is %s", tenant.status),
-				 errdetail("Tenant %s is %s; its data cannot be accessed.", value, tenant.status),
-				 errhint("An administrator can call tenancy.activate_tenant() or tenancy.update_tenant()."))); 
+				 errdetail("Tenant %s is %s; its data cannot be accessed.", canonical, tenant.status),
+				 strcmp(tenant.status, "expired") == 0 ?
+				 errhint("An administrator can extend it with tenancy.update_tenant(expires_at => ...).") :
+				 errhint("An administrator can call tenancy.activate_tenant().")));
 }
 
 /*
@@ -229,19 +260,20 @@ context_validate(pg_uuid_t *result)
 const pg_uuid_t *
 tenancy_context_current(void)
 {
-	if (likely(context_valid))
+	pg_uuid_t	tenant;
+	pg_uuid_t  *copy;
+	Oid			session_user = GetSessionUserId();
+
+	if (likely(context_valid && context_session_user == session_user))
 		return context_tenant;
 
-	{
-		pg_uuid_t	tenant;
-		pg_uuid_t  *copy;
-
-		context_validate(&tenant);
-		copy = MemoryContextAlloc(TopTransactionContext, sizeof(pg_uuid_t));
-		memcpy(copy, &tenant, sizeof(pg_uuid_t));
-		context_tenant = copy;
-		context_valid = true;
-	}
+	context_valid = false;
+	context_validate(&tenant);
+	copy = MemoryContextAlloc(TopTransactionContext, sizeof(pg_uuid_t));
+	memcpy(copy, &tenant, sizeof(pg_uuid_t));
+	context_tenant = copy;
+	context_session_user = session_user;
+	context_valid = true;
 	return context_tenant;
 }
 
@@ -303,12 +335,12 @@ tenancy_set_tenant(PG_FUNCTION_ARGS)
 
 	is_bound = tenancy_context_binding(&bound, NULL);
 	if (!is_bound && !tenancy_context_role_may_set_any(GetSessionUserId()))
-		raise_not_permitted();
+		raise_not_permitted(false);
 	if (is_bound)
 	{
 		if (!tenancy_tenant_try_resolve(arg, &tenant) ||
 			memcmp(tenant.id.data, bound.data, UUID_LEN) != 0)
-			raise_not_permitted();
+			raise_not_permitted(true);
 	}
 	else
 		tenancy_tenant_resolve(arg, &tenant);
