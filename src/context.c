@@ -16,17 +16,30 @@
  * caches the result until the transaction ends or a context setting
  * changes.  Every later call, one per row if need be, is a flag test.
  *
+ * Parallel workers inherit the settings and check the privilege again, but
+ * must not check existence and status again against a later snapshot than
+ * the one the leader used (a tenant suspended after the leader's first use
+ * would fail one transaction early there).  So before running a parallel
+ * plan the leader publishes what it validated in the internal setting
+ * tenancy.context_checked (SET LOCAL, so it ends with the transaction; a
+ * superuser-only setting, so no one else can forge it), and a worker whose
+ * context matches it takes the leader's word for existence and status.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/parallel.h"
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
+#include "executor/executor.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "catalog/namespace.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
 #include "tenancy.h"
@@ -44,6 +57,11 @@ static bool context_valid = false;
 static Oid	context_session_user = InvalidOid;
 static pg_uuid_t *context_tenant = NULL;	/* in TopTransactionContext */
 
+/* Whether tenancy.context_checked holds the cached context. */
+static bool checked_current = false;
+
+static ExecutorStart_hook_type prev_ExecutorStart = NULL;
+
 /*
  * Forget the validated context.  Called by the assign hooks of every
  * context setting and at the end of each transaction; never fails.
@@ -53,6 +71,122 @@ tenancy_context_invalidate(void)
 {
 	context_valid = false;
 	context_tenant = NULL;
+	checked_current = false;
+}
+
+/* Assign hook of tenancy.context_checked: it no longer says what we set. */
+void
+tenancy_context_checked_assigned(void)
+{
+	checked_current = false;
+}
+
+/*
+ * The value of tenancy.context_checked for a context: the tenant, the
+ * session user it was judged for, and the binding.
+ */
+static void
+checked_key(const pg_uuid_t *tenant, Oid session_user, char *buf, size_t len)
+{
+	char		canonical[TENANCY_UUID_STRLEN + 1];
+
+	tenancy_uuid_format(tenant, canonical);
+	snprintf(buf, len, "%s/%u/%s", canonical, session_user,
+			 tenancy_guc_session_binding ? tenancy_guc_session_binding : "");
+}
+
+/*
+ * Validate the context without raising, for the leader of a parallel plan
+ * that has not used it yet in this transaction: on success the result is
+ * cached as if current_tenant_id() had been called; on any problem nothing
+ * happens, and the workers (or the leader) raise the error where the
+ * context is used.  A bound session is left alone: its key is validated
+ * where the context is used, by the code that may raise for it.
+ */
+static void
+context_validate_quietly(void)
+{
+	const char *value = tenancy_guc_tenant_id;
+	bool		from_default = false;
+	pg_uuid_t	tenant;
+	pg_uuid_t  *copy;
+	Oid			nsp;
+	TenancyTenant row;
+
+	if (tenancy_context_binding(&tenant, NULL))
+		return;
+	if (value == NULL || value[0] == '\0')
+	{
+		value = tenancy_guc_default_tenant;
+		from_default = true;
+	}
+	if (value == NULL || value[0] == '\0' || !tenancy_uuid_parse(value, &tenant))
+		return;
+	if (!from_default && !tenancy_context_role_may_set_any(GetSessionUserId()))
+		return;
+	/* The library is preloaded everywhere, the extension maybe not here. */
+	nsp = get_namespace_oid("tenancy", true);
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tenants", nsp)))
+		return;
+	if (!tenancy_tenant_lookup(&tenant, &row) || strcmp(row.status, "active") != 0)
+		return;
+
+	copy = MemoryContextAlloc(TopTransactionContext, sizeof(pg_uuid_t));
+	memcpy(copy, &tenant, sizeof(pg_uuid_t));
+	context_tenant = copy;
+	context_session_user = GetSessionUserId();
+	context_valid = true;
+}
+
+/*
+ * ExecutorStart hook: before a plan that may use parallel workers runs,
+ * publish the context validated in this transaction for them (validating
+ * it first if need be).  Settings cannot change in parallel mode, which
+ * starts later, in ExecutorRun.
+ */
+static void
+tenancy_ExecutorStart(QueryDesc *queryDesc, int eflags)
+{
+	if (queryDesc->plannedstmt->parallelModeNeeded &&
+		!IsInParallelMode() && IsTransactionState())
+	{
+		if (!context_valid || context_session_user != GetSessionUserId())
+		{
+			context_valid = false;
+			checked_current = false;
+			context_validate_quietly();
+		}
+		if (context_valid && !checked_current)
+		{
+			char		buf[160];
+
+			checked_key(context_tenant, context_session_user, buf, sizeof(buf));
+			(void) set_config_option("tenancy.context_checked", buf,
+									 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
+									 true, 0, false);
+			checked_current = true;
+		}
+	}
+	if (prev_ExecutorStart)
+		prev_ExecutorStart(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+}
+
+/*
+ * In a parallel worker: did the leader validate this very context in this
+ * transaction?
+ */
+static bool
+checked_by_leader(const pg_uuid_t *tenant)
+{
+	char		buf[160];
+
+	if (!IsParallelWorker() || tenancy_guc_context_checked == NULL ||
+		tenancy_guc_context_checked[0] == '\0')
+		return false;
+	checked_key(tenant, GetSessionUserId(), buf, sizeof(buf));
+	return strcmp(buf, tenancy_guc_context_checked) == 0;
 }
 
 static void
@@ -74,6 +208,8 @@ tenancy_context_init(void)
 {
 	RegisterXactCallback(context_xact_callback, NULL);
 	RegisterSubXactCallback(context_subxact_callback, NULL);
+	prev_ExecutorStart = ExecutorStart_hook;
+	ExecutorStart_hook = tenancy_ExecutorStart;
 }
 
 /* Is roleid a member (directly or not) of the role named rolname? */
@@ -200,15 +336,19 @@ context_validate(pg_uuid_t *result)
 	const char *value = tenancy_guc_tenant_id;
 	char		canonical[TENANCY_UUID_STRLEN + 1];
 	TenancyTenant tenant;
-
-	if (bound)
-		tenancy_apikey_validate_binding(&bound_tenant, &bound_key);
+	bool		leader_checked;
 
 	if (value == NULL || value[0] == '\0')
 	{
 		value = tenancy_guc_default_tenant;
 		from_default = true;
 	}
+	leader_checked = value != NULL && tenancy_uuid_parse(value, result) &&
+		checked_by_leader(result);
+
+	if (bound && !leader_checked)
+		tenancy_apikey_validate_binding(&bound_tenant, &bound_key);
+
 	if (value == NULL || value[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_TENANCY_NO_CONTEXT),
@@ -234,6 +374,10 @@ context_validate(pg_uuid_t *result)
 	}
 	else if (!from_default && !tenancy_context_role_may_set_any(GetSessionUserId()))
 		raise_not_permitted(false);
+
+	/* A parallel worker takes its leader's word for the rest. */
+	if (leader_checked)
+		return;
 
 	if (!tenancy_tenant_lookup(result, &tenant))
 		ereport(ERROR,

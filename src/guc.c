@@ -31,6 +31,7 @@
 char	   *tenancy_guc_tenant_id = NULL;
 char	   *tenancy_guc_default_tenant = NULL;
 char	   *tenancy_guc_session_binding = NULL;
+char	   *tenancy_guc_context_checked = NULL;
 bool		tenancy_guc_auto_protect = false;
 double		tenancy_guc_soft_limit_ratio = 0.8;
 char	   *tenancy_guc_purge_after = NULL;
@@ -289,6 +290,17 @@ check_session_binding(char **newval, void **extra, GucSource source)
 }
 
 /*
+ * tenancy.context_checked: set by context.c (never by users) to the context
+ * it validated in this transaction, so that parallel workers use that
+ * validation instead of repeating it against a later snapshot.
+ */
+static void
+assign_context_checked(const char *newval, void *extra)
+{
+	tenancy_context_checked_assigned();
+}
+
+/*
  * Accept '' or a valid interval, without raising: ParseDateTime and
  * DecodeInterval report errors through their return codes.
  */
@@ -356,6 +368,17 @@ tenancy_guc_init(void)
 							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
 							   check_session_binding,
 							   assign_context_setting,
+							   NULL);
+
+	DefineCustomStringVariable("tenancy.context_checked",
+							   "The tenant context validated in this transaction (internal, for parallel workers).",
+							   NULL,
+							   &tenancy_guc_context_checked,
+							   "",
+							   PGC_SUSET,
+							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
+							   NULL,
+							   assign_context_checked,
 							   NULL);
 
 	DefineCustomBoolVariable("tenancy.auto_protect",
