@@ -145,6 +145,7 @@ SELECT route, regress_try(cmd) FROM (VALUES
     ('SET ROLE tenancy_app', $$SET ROLE tenancy_app$$),
     ('binding', $$SET tenancy.session_binding = 'a0000000-0000-4000-8000-000000000001:f0000000-0000-4000-8000-000000000009'$$),
     ('default tenant', $$SET tenancy.default_tenant = 'a0000000-0000-4000-8000-000000000001'$$),
+    ('what the leader checked', $$SET tenancy.context_checked = 'a0000000-0000-4000-8000-000000000001/10/'$$),
     ('clear', $$SET app.tenant_id = ''$$),
     ('clear locally', $$SELECT set_config('app.tenant_id', '', true)$$)
 ) AS t(route, cmd);
@@ -430,6 +431,12 @@ EXPLAIN (COSTS OFF) SELECT count(*) FROM regress_ctx_par;
 SELECT count(*) FROM regress_ctx_par;
 SELECT regress_ctx_pid() <> :leader_pid AS in_worker,
        tenancy.current_tenant_id() FROM (VALUES (1)) v;
+-- What the leader published for its workers lasts for the transaction.
+BEGIN;
+SELECT count(*) FROM regress_ctx_par;
+SELECT current_setting('tenancy.context_checked') ~ '^a0000000-0000-4000-8000-000000000001/[0-9]+/$' AS published;
+COMMIT;
+SHOW tenancy.context_checked;
 RESET ROLE;
 RESET app.tenant_id;
 RESET SESSION AUTHORIZATION;
