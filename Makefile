@@ -18,8 +18,8 @@ DOCS_CORE = doc/tenancy.md doc/tenancy-concepts.md doc/tenancy-tenants.md
 
 # -- foundation: the tenant context
 OBJS_CONTEXT = src/guc.o src/context.o src/tenant.o
-REGRESS_CONTEXT =
-ISOLATION_CONTEXT =
+REGRESS_CONTEXT = context
+ISOLATION_CONTEXT = context-status
 DOCS_CONTEXT = doc/tenancy-context.md
 
 # -- quotas and rate limits
@@ -62,11 +62,12 @@ PROVE_TESTS = test/t/*.pl
 # The spec areas built so far, for ../shared/tools/spec-check --only
 # (regular expressions over ../shared/tools/spec-surface.txt, without spaces).
 SPEC_CORE = tenancy\.(create_tenant|tenant_id|update_tenant|suspend_tenant|activate_tenant|delete_tenant|purge_tenant|tenant_status|set_tenant|current_tenant_id|current_tenant|protect|unprotect)\(|relation.tenancy\.(tenants|plans|protected_tables|audit_log)$$|^guc
+SPEC_CONTEXT = tenancy\.(tenant_id|tenant_status|set_tenant|current_tenant_id|current_tenant)\(|^guc.(app\.tenant_id|tenancy\.default_tenant)$$
 SPEC_QUOTA =
 SPEC_APIKEY =
 SPEC_USAGE =
 space := $(subst ,, )
-SPEC_AREAS = $(subst $(space),|,$(strip $(SPEC_CORE) $(SPEC_QUOTA) $(SPEC_APIKEY) $(SPEC_USAGE)))
+SPEC_AREAS = $(subst $(space),|,$(strip $(SPEC_CORE) $(SPEC_CONTEXT) $(SPEC_QUOTA) $(SPEC_APIKEY) $(SPEC_USAGE)))
 
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)

@@ -42,8 +42,10 @@
  */
 #if PG_VERSION_NUM >= 160000
 #define tenancy_guc_strdup(s) guc_strdup(LOG, (s))
+#define tenancy_guc_free(p) guc_free(p)
 #else
 #define tenancy_guc_strdup(s) strdup(s)
+#define tenancy_guc_free(p) free(p)
 #endif
 
 #endif							/* TENANCY_COMPAT_H */

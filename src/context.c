@@ -16,17 +16,30 @@
  * caches the result until the transaction ends or a context setting
  * changes.  Every later call, one per row if need be, is a flag test.
  *
+ * Parallel workers inherit the settings and check the privilege again, but
+ * must not check existence and status again against a later snapshot than
+ * the one the leader used (a tenant suspended after the leader's first use
+ * would fail one transaction early there).  So before running a parallel
+ * plan the leader publishes what it validated in the internal setting
+ * tenancy.context_checked (SET LOCAL, so it ends with the transaction; a
+ * superuser-only setting, so no one else can forge it), and a worker whose
+ * context matches it takes the leader's word for existence and status.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/parallel.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
+#include "executor/executor.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
 #include "tenancy.h"
@@ -34,9 +47,20 @@
 PG_FUNCTION_INFO_V1(tenancy_current_tenant_id);
 PG_FUNCTION_INFO_V1(tenancy_set_tenant);
 
-/* The context validated in this transaction; valid until it ends. */
+/*
+ * The context validated in this transaction; valid until it ends, a context
+ * setting changes (assign hooks), a subtransaction aborts (its settings are
+ * rolled back) or the session user changes (SET SESSION AUTHORIZATION, which
+ * changes whose rights count).
+ */
 static bool context_valid = false;
+static Oid	context_session_user = InvalidOid;
 static pg_uuid_t *context_tenant = NULL;	/* in TopTransactionContext */
+
+/* Whether tenancy.context_checked holds the cached context. */
+static bool checked_current = false;
+
+static ExecutorStart_hook_type prev_ExecutorStart = NULL;
 
 /*
  * Forget the validated context.  Called by the assign hooks of every
@@ -47,6 +71,122 @@ tenancy_context_invalidate(void)
 {
 	context_valid = false;
 	context_tenant = NULL;
+	checked_current = false;
+}
+
+/* Assign hook of tenancy.context_checked: it no longer says what we set. */
+void
+tenancy_context_checked_assigned(void)
+{
+	checked_current = false;
+}
+
+/*
+ * The value of tenancy.context_checked for a context: the tenant, the
+ * session user it was judged for, and the binding.
+ */
+static void
+checked_key(const pg_uuid_t *tenant, Oid session_user, char *buf, size_t len)
+{
+	char		canonical[TENANCY_UUID_STRLEN + 1];
+
+	tenancy_uuid_format(tenant, canonical);
+	snprintf(buf, len, "%s/%u/%s", canonical, session_user,
+			 tenancy_guc_session_binding ? tenancy_guc_session_binding : "");
+}
+
+/*
+ * Validate the context without raising, for the leader of a parallel plan
+ * that has not used it yet in this transaction: on success the result is
+ * cached as if current_tenant_id() had been called; on any problem nothing
+ * happens, and the workers (or the leader) raise the error where the
+ * context is used.  A bound session is left alone: its key is validated
+ * where the context is used, by the code that may raise for it.
+ */
+static void
+context_validate_quietly(void)
+{
+	const char *value = tenancy_guc_tenant_id;
+	bool		from_default = false;
+	pg_uuid_t	tenant;
+	pg_uuid_t  *copy;
+	Oid			nsp;
+	TenancyTenant row;
+
+	if (tenancy_context_binding(&tenant, NULL))
+		return;
+	if (value == NULL || value[0] == '\0')
+	{
+		value = tenancy_guc_default_tenant;
+		from_default = true;
+	}
+	if (value == NULL || value[0] == '\0' || !tenancy_uuid_parse(value, &tenant))
+		return;
+	if (!from_default && !tenancy_context_role_may_set_any(GetSessionUserId()))
+		return;
+	/* The library is preloaded everywhere, the extension maybe not here. */
+	nsp = get_namespace_oid("tenancy", true);
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tenants", nsp)))
+		return;
+	if (!tenancy_tenant_lookup(&tenant, &row) || strcmp(row.status, "active") != 0)
+		return;
+
+	copy = MemoryContextAlloc(TopTransactionContext, sizeof(pg_uuid_t));
+	memcpy(copy, &tenant, sizeof(pg_uuid_t));
+	context_tenant = copy;
+	context_session_user = GetSessionUserId();
+	context_valid = true;
+}
+
+/*
+ * ExecutorStart hook: before a plan that may use parallel workers runs,
+ * publish the context validated in this transaction for them (validating
+ * it first if need be).  Settings cannot change in parallel mode, which
+ * starts later, in ExecutorRun.
+ */
+static void
+tenancy_ExecutorStart(QueryDesc *queryDesc, int eflags)
+{
+	if (queryDesc->plannedstmt->parallelModeNeeded &&
+		!IsInParallelMode() && IsTransactionState())
+	{
+		if (!context_valid || context_session_user != GetSessionUserId())
+		{
+			context_valid = false;
+			checked_current = false;
+			context_validate_quietly();
+		}
+		if (context_valid && !checked_current)
+		{
+			char		buf[160];
+
+			checked_key(context_tenant, context_session_user, buf, sizeof(buf));
+			(void) set_config_option("tenancy.context_checked", buf,
+									 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
+									 true, 0, false);
+			checked_current = true;
+		}
+	}
+	if (prev_ExecutorStart)
+		prev_ExecutorStart(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+}
+
+/*
+ * In a parallel worker: did the leader validate this very context in this
+ * transaction?
+ */
+static bool
+checked_by_leader(const pg_uuid_t *tenant)
+{
+	char		buf[160];
+
+	if (!IsParallelWorker() || tenancy_guc_context_checked == NULL ||
+		tenancy_guc_context_checked[0] == '\0')
+		return false;
+	checked_key(tenant, GetSessionUserId(), buf, sizeof(buf));
+	return strcmp(buf, tenancy_guc_context_checked) == 0;
 }
 
 static void
@@ -68,6 +208,8 @@ tenancy_context_init(void)
 {
 	RegisterXactCallback(context_xact_callback, NULL);
 	RegisterSubXactCallback(context_subxact_callback, NULL);
+	prev_ExecutorStart = ExecutorStart_hook;
+	ExecutorStart_hook = tenancy_ExecutorStart;
 }
 
 /* Is roleid a member (directly or not) of the role named rolname? */
@@ -154,13 +296,23 @@ tenancy_context_claimed(pg_uuid_t *tenant)
 	return false;
 }
 
+/*
+ * Raise 42501 for a context the session may not use.  bound: whether the
+ * session is bound to a (different) tenant by an API key.
+ */
 static void
-raise_not_permitted(void)
+raise_not_permitted(bool bound)
 {
+	if (bound)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("tenancy: permission denied to act for this tenant"),
+				 errdetail("This session is bound to another tenant by tenancy.authenticate()."),
+				 errhint("Call tenancy.logout(), then authenticate with an API key of the tenant.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("tenancy: permission denied to act for this tenant"),
-			 errdetail("Only superusers, members of tenancy_app or tenancy_admin, and a session authenticated by an API key of that tenant may act for a tenant."),
+			 errdetail("Only superusers, members of tenancy_app or tenancy_admin, and a session authenticated by an API key of that tenant may act for a tenant; the session user is none of these."),
 			 errhint("Call tenancy.authenticate() with an API key of the tenant, or connect as a member of tenancy_app.")));
 }
 
@@ -168,6 +320,11 @@ raise_not_permitted(void)
  * Validate the context setting: the second enforcement of the rule, judged
  * by session_user or the binding, then existence and status.  Raises
  * TN001, 42501, TN002 or TN003.
+ *
+ * The privilege test catches values that reached app.tenant_id without the
+ * check hook judging them (postgresql.conf, ALTER SYSTEM), and values that
+ * were legitimate when set but are no longer (SET SESSION AUTHORIZATION to
+ * a less privileged role, a binding replaced or dropped).
  */
 static void
 context_validate(pg_uuid_t *result)
@@ -177,48 +334,66 @@ context_validate(pg_uuid_t *result)
 	bool		bound = tenancy_context_binding(&bound_tenant, &bound_key);
 	bool		from_default = false;
 	const char *value = tenancy_guc_tenant_id;
+	char		canonical[TENANCY_UUID_STRLEN + 1];
 	TenancyTenant tenant;
-
-	if (bound)
-		tenancy_apikey_validate_binding(&bound_tenant, &bound_key);
+	bool		leader_checked;
 
 	if (value == NULL || value[0] == '\0')
 	{
 		value = tenancy_guc_default_tenant;
 		from_default = true;
 	}
+	leader_checked = value != NULL && tenancy_uuid_parse(value, result) &&
+		checked_by_leader(result);
+
+	if (bound && !leader_checked)
+		tenancy_apikey_validate_binding(&bound_tenant, &bound_key);
+
 	if (value == NULL || value[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_TENANCY_NO_CONTEXT),
 				 errmsg("tenancy: no tenant context"),
-				 errdetail("app.tenant_id is not set in this session."),
+				 errdetail("app.tenant_id is not set in this session and tenancy.default_tenant is empty."),
 				 errhint("SET app.tenant_id to the tenant's id, or call tenancy.set_tenant() or tenancy.authenticate().")));
 	if (!tenancy_uuid_parse(value, result))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("tenancy: app.tenant_id must be a uuid or empty"),
 				 errdetail("The value \"%s\" is not a uuid.", value)));
+	tenancy_uuid_format(result, canonical);
 
+	/*
+	 * A bound session acts for its key's tenant only, also through
+	 * tenancy.default_tenant.  Otherwise the login role decides; the
+	 * default tenant is the administrator's choice for every session.
+	 */
 	if (bound)
 	{
 		if (memcmp(bound_tenant.data, result->data, UUID_LEN) != 0)
-			raise_not_permitted();
+			raise_not_permitted(true);
 	}
 	else if (!from_default && !tenancy_context_role_may_set_any(GetSessionUserId()))
-		raise_not_permitted();
+		raise_not_permitted(false);
+
+	/* A parallel worker takes its leader's word for the rest. */
+	if (leader_checked)
+		return;
 
 	if (!tenancy_tenant_lookup(result, &tenant))
 		ereport(ERROR,
 				(errcode(ERRCODE_TENANCY_UNKNOWN_TENANT),
 				 errmsg("tenancy: unknown tenant"),
-				 errdetail("No tenant has the id %s.", value),
+				 errdetail("No tenant has the id %s (the value of %s).", canonical,
+						   from_default ? "tenancy.default_tenant" : "app.tenant_id"),
 				 errhint("Set app.tenant_id to the id of an existing tenant.")));
 	if (strcmp(tenant.status, "active") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_TENANCY_TENANT_NOT_ACTIVE),
 				 errmsg("tenancy: tenant is %s", tenant.status),
-				 errdetail("Tenant %s is %s; its data cannot be accessed.", value, tenant.status),
-				 errhint("An administrator can call tenancy.activate_tenant() or tenancy.update_tenant()."))); 
+				 errdetail("Tenant %s is %s; its data cannot be accessed.", canonical, tenant.status),
+				 strcmp(tenant.status, "expired") == 0 ?
+				 errhint("An administrator can extend it with tenancy.update_tenant(expires_at => ...).") :
+				 errhint("An administrator can call tenancy.activate_tenant().")));
 }
 
 /*
@@ -229,19 +404,20 @@ context_validate(pg_uuid_t *result)
 const pg_uuid_t *
 tenancy_context_current(void)
 {
-	if (likely(context_valid))
+	pg_uuid_t	tenant;
+	pg_uuid_t  *copy;
+	Oid			session_user = GetSessionUserId();
+
+	if (likely(context_valid && context_session_user == session_user))
 		return context_tenant;
 
-	{
-		pg_uuid_t	tenant;
-		pg_uuid_t  *copy;
-
-		context_validate(&tenant);
-		copy = MemoryContextAlloc(TopTransactionContext, sizeof(pg_uuid_t));
-		memcpy(copy, &tenant, sizeof(pg_uuid_t));
-		context_tenant = copy;
-		context_valid = true;
-	}
+	context_valid = false;
+	context_validate(&tenant);
+	copy = MemoryContextAlloc(TopTransactionContext, sizeof(pg_uuid_t));
+	memcpy(copy, &tenant, sizeof(pg_uuid_t));
+	context_tenant = copy;
+	context_session_user = session_user;
+	context_valid = true;
 	return context_tenant;
 }
 
@@ -303,12 +479,12 @@ tenancy_set_tenant(PG_FUNCTION_ARGS)
 
 	is_bound = tenancy_context_binding(&bound, NULL);
 	if (!is_bound && !tenancy_context_role_may_set_any(GetSessionUserId()))
-		raise_not_permitted();
+		raise_not_permitted(false);
 	if (is_bound)
 	{
 		if (!tenancy_tenant_try_resolve(arg, &tenant) ||
 			memcmp(tenant.id.data, bound.data, UUID_LEN) != 0)
-			raise_not_permitted();
+			raise_not_permitted(true);
 	}
 	else
 		tenancy_tenant_resolve(arg, &tenant);

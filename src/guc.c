@@ -31,6 +31,7 @@
 char	   *tenancy_guc_tenant_id = NULL;
 char	   *tenancy_guc_default_tenant = NULL;
 char	   *tenancy_guc_session_binding = NULL;
+char	   *tenancy_guc_context_checked = NULL;
 bool		tenancy_guc_auto_protect = false;
 double		tenancy_guc_soft_limit_ratio = 0.8;
 char	   *tenancy_guc_purge_after = NULL;
@@ -121,50 +122,100 @@ check_uuid_syntax(const char *name, char **newval, pg_uuid_t *uuid)
 
 		if (copy == NULL)
 			return false;
-		free(*newval);
+		tenancy_guc_free(*newval);
 		*newval = copy;
 	}
 	return true;
 }
 
 /*
+ * Refuse any change of a context setting inside a security-restricted
+ * operation (an index expression, a materialized view refresh, ANALYZE):
+ * there, code of the relation's owner runs on behalf of whoever started the
+ * operation, and must not act for another tenant with that session's
+ * rights, nor drop the context.  Core's GUC_NOT_WHILE_SEC_REST flag would
+ * also refuse changes inside SECURITY DEFINER functions, which must remain
+ * possible (tenancy.authenticate()), so this is checked here.
+ */
+static bool
+check_not_restricted(const char *name)
+{
+	if (!InSecurityRestrictedOperation())
+		return true;
+	GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+	GUC_check_errmsg("tenancy: %s cannot be changed inside a security-restricted operation", name);
+	GUC_check_errdetail("Index expressions, materialized view queries and maintenance commands run as the owner of the relation and may not change the tenant context.");
+	return false;
+}
+
+/*
  * app.tenant_id: syntax first, then the privilege rule where it can be
  * judged.
+ *
+ * Paths that reach this hook (PostgreSQL 15):
+ *  - SET, SET LOCAL, set_config(), set_tenant(), RESET is not checked (it
+ *    restores a value that was checked when set): source PGC_S_SESSION,
+ *    inside a transaction, so the rule is judged here.
+ *  - a function's SET clause when the function is called (ProcessGUCArray,
+ *    GUC_ACTION_SAVE, PGC_S_SESSION), inside a transaction: judged here.
+ *  - CREATE FUNCTION ... SET, ALTER ROLE/DATABASE ... SET: validated with
+ *    PGC_S_TEST inside a transaction, judged against the session that runs
+ *    the command; the value is judged again when applied.
+ *  - startup-packet options (PGOPTIONS, PGC_S_CLIENT) and pg_db_role_setting
+ *    (ALTER ROLE/DATABASE SET, PGC_S_DATABASE_USER etc.) are applied by
+ *    InitPostgres inside its start-up transaction, after the session user is
+ *    known: judged here.  A refused PGOPTIONS value makes the connection
+ *    fail (FATAL); a refused ALTER ROLE/DATABASE value is reported as a
+ *    WARNING and not applied.
+ *  - postgresql.conf, ALTER SYSTEM and -c on the postmaster's command line
+ *    (PGC_S_FILE and lower), at start-up (define_custom_variable in the
+ *    postmaster) or on SIGHUP: outside a transaction, the catalogs cannot be
+ *    read, so only the syntax is checked; context.c judges the value where
+ *    it is used.
+ *  - parallel workers restoring their leader's state (RestoreGUCState):
+ *    the leader's value was checked already, the worker copies it as it is
+ *    (InitializingParallelWorker).
+ *  - the boot value '' (PGC_S_DEFAULT).
+ * The hook never throws and never runs SPI: the membership test goes
+ * through the syscache, as core's check_role does.
  */
 static bool
 check_app_tenant_id(char **newval, void **extra, GucSource source)
 {
 	pg_uuid_t	uuid;
+	bool		empty = (*newval == NULL || **newval == '\0');
+	pg_uuid_t	bound;
 
-	if (*newval == NULL || **newval == '\0')
-		return true;
-	if (!check_uuid_syntax("app.tenant_id", newval, &uuid))
+	if (!empty && !check_uuid_syntax("app.tenant_id", newval, &uuid))
 		return false;
 
-	/* Parallel workers inherit the leader's context as it is. */
+	/* The boot value, and parallel workers copying the leader's state. */
 	if (source == PGC_S_DEFAULT || InitializingParallelWorker)
 		return true;
 
-	if (InSecurityRestrictedOperation())
-	{
-		GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
-		GUC_check_errmsg("tenancy: app.tenant_id cannot be changed inside a security-restricted operation");
+	if (!check_not_restricted("app.tenant_id"))
 		return false;
-	}
+
+	/* Anyone may clear the context. */
+	if (empty)
+		return true;
 
 	/*
 	 * Role membership can only be read inside a transaction.  Outside one
-	 * (postgresql.conf on SIGHUP) the value is judged where it is used.
+	 * (postgresql.conf at start-up or on SIGHUP) the value is judged where
+	 * it is used.
 	 */
-	if (IsTransactionState() && !tenancy_context_may_set(&uuid))
-	{
-		GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
-		GUC_check_errmsg("tenancy: permission denied to set app.tenant_id");
-		GUC_check_errdetail("Only superusers, members of tenancy_app or tenancy_admin, and a session authenticated by an API key of that tenant may act for a tenant.");
-		GUC_check_errhint("Call tenancy.authenticate() with an API key of the tenant, or connect as a member of tenancy_app.");
-		return false;
-	}
-	return true;
+	if (!IsTransactionState() || tenancy_context_may_set(&uuid))
+		return true;
+
+	GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+	GUC_check_errmsg("tenancy: permission denied to set app.tenant_id");
+	if (tenancy_context_binding(&bound, NULL))
+		GUC_check_errdetail("This session is bound to another tenant by tenancy.authenticate().");
+	else
+		GUC_check_errdetail("Only superusers, members of tenancy_app or tenancy_admin, and a session authenticated by an API key of that tenant may act for a tenant; the session user is none of these.");
+	GUC_check_errhint("Call tenancy.authenticate() with an API key of the tenant, or connect as a member of tenancy_app.");
+	return false;
 }
 
 /* Any change of the context invalidates the per-transaction cache. */
@@ -179,31 +230,74 @@ check_default_tenant(char **newval, void **extra, GucSource source)
 {
 	pg_uuid_t	uuid;
 
-	if (*newval == NULL || **newval == '\0')
+	if (*newval != NULL && **newval != '\0' &&
+		!check_uuid_syntax("tenancy.default_tenant", newval, &uuid))
+		return false;
+	if (source == PGC_S_DEFAULT || InitializingParallelWorker)
 		return true;
-	return check_uuid_syntax("tenancy.default_tenant", newval, &uuid);
+	return check_not_restricted("tenancy.default_tenant");
 }
 
 /*
  * tenancy.session_binding is set only by tenancy.authenticate(), as
- * "<tenant uuid>:<key uuid>".  It is PGC_SUSET, so no other role can set
- * it, and it is restored in parallel workers with the other settings.
+ * "<tenant uuid>:<key uuid>" in canonical form.  It is PGC_SUSET, so no
+ * other role can set it (nor RESET it: RESET ALL and DISCARD ALL clear it),
+ * and it is restored in parallel workers with the other settings.
  */
 static bool
 check_session_binding(char **newval, void **extra, GucSource source)
 {
 	const char *colon;
-	char		part[TENANCY_UUID_STRLEN + 1];
-	pg_uuid_t	uuid;
+	char		part[TENANCY_UUID_STRLEN + 3];	/* room for braces */
+	char		canonical[2 * TENANCY_UUID_STRLEN + 2];
+	pg_uuid_t	tenant;
+	pg_uuid_t	key;
 
-	if (*newval == NULL || **newval == '\0')
+	if (*newval != NULL && **newval != '\0')
+	{
+		colon = strchr(*newval, ':');
+		if (colon == NULL || colon - *newval > TENANCY_UUID_STRLEN + 2)
+			colon = NULL;
+		else
+		{
+			memcpy(part, *newval, colon - *newval);
+			part[colon - *newval] = '\0';
+		}
+		if (colon == NULL || !tenancy_uuid_parse(part, &tenant) ||
+			!tenancy_uuid_parse(colon + 1, &key))
+		{
+			GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+			GUC_check_errmsg("tenancy: tenancy.session_binding must be empty or \"<tenant uuid>:<key uuid>\"");
+			GUC_check_errhint("Let tenancy.authenticate() and tenancy.logout() manage it.");
+			return false;
+		}
+		tenancy_uuid_format(&tenant, canonical);
+		canonical[TENANCY_UUID_STRLEN] = ':';
+		tenancy_uuid_format(&key, canonical + TENANCY_UUID_STRLEN + 1);
+		if (strcmp(canonical, *newval) != 0)
+		{
+			char	   *copy = tenancy_guc_strdup(canonical);
+
+			if (copy == NULL)
+				return false;
+			tenancy_guc_free(*newval);
+			*newval = copy;
+		}
+	}
+	if (source == PGC_S_DEFAULT || InitializingParallelWorker)
 		return true;
-	colon = strchr(*newval, ':');
-	if (colon == NULL || colon - *newval != TENANCY_UUID_STRLEN)
-		return false;
-	memcpy(part, *newval, TENANCY_UUID_STRLEN);
-	part[TENANCY_UUID_STRLEN] = '\0';
-	return tenancy_uuid_parse(part, &uuid) && tenancy_uuid_parse(colon + 1, &uuid);
+	return check_not_restricted("tenancy.session_binding");
+}
+
+/*
+ * tenancy.context_checked: set by context.c (never by users) to the context
+ * it validated in this transaction, so that parallel workers use that
+ * validation instead of repeating it against a later snapshot.
+ */
+static void
+assign_context_checked(const char *newval, void *extra)
+{
+	tenancy_context_checked_assigned();
 }
 
 /*
@@ -274,6 +368,17 @@ tenancy_guc_init(void)
 							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
 							   check_session_binding,
 							   assign_context_setting,
+							   NULL);
+
+	DefineCustomStringVariable("tenancy.context_checked",
+							   "The tenant context validated in this transaction (internal, for parallel workers).",
+							   NULL,
+							   &tenancy_guc_context_checked,
+							   "",
+							   PGC_SUSET,
+							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
+							   NULL,
+							   assign_context_checked,
 							   NULL);
 
 	DefineCustomBoolVariable("tenancy.auto_protect",

@@ -36,6 +36,7 @@ extern bool tenancy_preloaded;
 extern char *tenancy_guc_tenant_id;
 extern char *tenancy_guc_default_tenant;
 extern char *tenancy_guc_session_binding;
+extern char *tenancy_guc_context_checked;
 extern bool tenancy_guc_auto_protect;
 extern double tenancy_guc_soft_limit_ratio;
 extern char *tenancy_guc_purge_after;
@@ -47,6 +48,7 @@ extern void tenancy_uuid_format(const pg_uuid_t *uuid, char *buf);
 /* context.c */
 extern void tenancy_context_init(void);
 extern void tenancy_context_invalidate(void);
+extern void tenancy_context_checked_assigned(void);
 extern bool tenancy_context_role_may_set_any(Oid roleid);
 extern bool tenancy_context_may_set(const pg_uuid_t *tenant);
 extern bool tenancy_context_is_admin(void);

@@ -171,9 +171,31 @@ tenancy_tenant_id(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The tenant a session that may not act for any tenant can call its own:
+ * the tenant of its binding, else tenancy.default_tenant when app.tenant_id
+ * is empty.  (A non-empty app.tenant_id in an unbound, unprivileged session
+ * came by a route that context.c refuses; it names nothing of its own.)
+ */
+static bool
+own_tenant(pg_uuid_t *own)
+{
+	if (tenancy_context_binding(own, NULL))
+		return true;
+	if (tenancy_guc_tenant_id != NULL && tenancy_guc_tenant_id[0] != '\0')
+		return false;
+	return tenancy_guc_default_tenant != NULL &&
+		tenancy_uuid_parse(tenancy_guc_default_tenant, own);
+}
+
+/*
  * SQL: tenancy.tenant_status(tenant text) RETURNS text, the effective
- * status.  Administrators may ask about any tenant; a tenant session only
- * about its own, and it gets 42501, never TN002, for any other.
+ * status: active, suspended, expired or deleted.
+ *
+ * Administrators and sessions that may act for any tenant may ask about
+ * any tenant (TN002 for an unknown one).  Any other session only about its
+ * own, and it gets 42501, never TN002, for any other tenant, existing or
+ * not.  Unlike current_tenant_id() it does not fail for a tenant that is
+ * not active: it is how a suspended tenant's session learns why.
  */
 Datum
 tenancy_tenant_status(PG_FUNCTION_ARGS)
@@ -183,9 +205,10 @@ tenancy_tenant_status(PG_FUNCTION_ARGS)
 	pg_uuid_t	own;
 
 	if (tenancy_context_is_admin() ||
-		tenancy_context_role_may_set_any(GetSessionUserId()))
+		(!tenancy_context_binding(&own, NULL) &&
+		 tenancy_context_role_may_set_any(GetSessionUserId())))
 		tenancy_tenant_resolve(arg, &tenant);
-	else if (!tenancy_context_claimed(&own) ||
+	else if (!own_tenant(&own) ||
 			 !tenancy_tenant_try_resolve(arg, &tenant) ||
 			 memcmp(own.data, tenant.id.data, UUID_LEN) != 0)
 		ereport(ERROR,
