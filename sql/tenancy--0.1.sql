@@ -947,7 +947,7 @@ BEGIN
               WHERE t.status OPERATOR(pg_catalog.=) 'active'
                 AND t.expires_at OPERATOR(pg_catalog.<=) now()
                 AND (retention OPERATOR(pg_catalog.=) ''
-                     OR t.expires_at OPERATOR(pg_catalog.>) now() OPERATOR(pg_catalog.-) retention::interval)
+                     OR t.expires_at OPERATOR(pg_catalog.>) (now() OPERATOR(pg_catalog.-) retention::interval))
                 AND NOT EXISTS (
                     SELECT FROM tenancy.audit_log a
                      WHERE a.tenant_id OPERATOR(pg_catalog.=) t.id
@@ -964,10 +964,10 @@ BEGIN
     IF purge_after OPERATOR(pg_catalog.<>) '' THEN
         FOR r IN SELECT t.id, t.slug FROM tenancy.tenants t
                   WHERE t.status OPERATOR(pg_catalog.=) 'deleted'
-                    AND t.deleted_at OPERATOR(pg_catalog.<=) now() OPERATOR(pg_catalog.-) purge_after::interval
+                    AND t.deleted_at OPERATOR(pg_catalog.<=) (now() OPERATOR(pg_catalog.-) purge_after::interval)
                   ORDER BY t.deleted_at LOOP
             BEGIN
-                PERFORM tenancy.purge_tenant(r.id::text);
+                PERFORM tenancy.purge_tenant(r.slug);
                 purged := purged + 1;
             EXCEPTION WHEN OTHERS THEN
                 failed := failed + 1;

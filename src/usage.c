@@ -953,6 +953,7 @@ tenancy_usage(PG_FUNCTION_ARGS)
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	/* Not read-only: a new snapshot, which sees what usage_flush() wrote. */
 	if (SPI_execute_with_args(
 							  "WITH b AS (SELECT date_trunc($2, $3, 'UTC') AS lo, $4 AS hi) "
 							  "SELECT s.period_start, s.resource, sum(s.amount)::bigint "
@@ -966,7 +967,7 @@ tenancy_usage(PG_FUNCTION_ARGS)
 							  "         WHERE e.tenant_id = $1 AND e.at >= b.lo "
 							  "           AND date_trunc($2, e.at, 'UTC') < b.hi) s "
 							  " GROUP BY 1, 2 ORDER BY 1, 2",
-							  4, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+							  4, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "tenancy: reading usage failed");
 
 	for (i = 0; i < SPI_processed; i++)
