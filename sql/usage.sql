@@ -2,6 +2,7 @@
 -- surviving) records, privileges.
 SET client_min_messages = warning;
 SET TimeZone = 'UTC';
+SET DateStyle = 'ISO, YMD';
 \set SHOW_CONTEXT never
 
 -- err(sql): run a statement and show its SQLSTATE and message.
@@ -202,6 +203,10 @@ SELECT tenancy.delete_tenant('usage-c');
 SELECT tenancy.purge_tenant('usage-c');
 SELECT count(*) AS rollups_left FROM tenancy.usage_rollups r
  WHERE NOT EXISTS (SELECT FROM tenancy.tenants t WHERE t.id = r.tenant_id);
+
+-- Leave no tenants behind for later tests.
+SELECT tenancy.delete_tenant(t), tenancy.purge_tenant(t) FROM unnest(ARRAY['usage-a', 'usage-b']) t;
+SELECT count(*) AS usage_rows_left FROM tenancy.usage_rollups;
 
 RESET client_min_messages;
 DROP ROLE regress_usage_plain;

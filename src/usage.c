@@ -700,6 +700,35 @@ tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
 		pending_add(tenant, resource, GetCurrentTransactionNestLevel(), amount);
 }
 
+/*
+ * Record rows inserted into and deleted from a protected table by a tenant
+ * (resources rows_inserted:<table> and rows_deleted:<table>, the table as
+ * regclass::text prints it).  Transactional.  For the row counting of
+ * protected tables.
+ */
+void
+tenancy_usage_record_rows(Oid relid, const pg_uuid_t *tenant, int64 inserted,
+						  int64 deleted)
+{
+	char	   *table;
+	char		resource[TENANCY_RESOURCE_MAXLEN + 1];
+
+	if (inserted <= 0 && deleted <= 0)
+		return;
+	table = DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(relid)));
+	if (inserted > 0)
+	{
+		snprintf(resource, sizeof(resource), "rows_inserted:%s", table);
+		tenancy_usage_record(tenant, resource, inserted, false);
+	}
+	if (deleted > 0)
+	{
+		snprintf(resource, sizeof(resource), "rows_deleted:%s", table);
+		tenancy_usage_record(tenant, resource, deleted, false);
+	}
+	pfree(table);
+}
+
 /* ------------------------------------------------------------------------
  * SQL functions
  * ------------------------------------------------------------------------
