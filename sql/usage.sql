@@ -40,6 +40,10 @@ SELECT pg_temp.err($$SELECT * FROM tenancy.usage('usage-a', NULL, NULL, 'week')$
 -- Nothing of the above was recorded but the valid 255-byte name.
 SELECT length(resource), amount FROM pg_temp.events('usage-a');
 
+-- One transaction's sum must fit a bigint: 22003, and nothing is written.
+SELECT pg_temp.err($$SELECT tenancy.record_usage('big', 9223372036854775807, 'usage-a'), tenancy.record_usage('big', 1, 'usage-a')$$);
+SELECT count(*) AS big FROM pg_temp.events('usage-a') WHERE resource = 'big';
+
 -- No context, no tenant argument: TN001.
 SET app.tenant_id = '';
 SELECT pg_temp.err($$SELECT tenancy.record_usage('api')$$);

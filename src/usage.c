@@ -268,7 +268,8 @@ pending_reset(void)
 
 /* Add amount to the pending entry of (tenant, resource, level). */
 static void
-pending_add(const pg_uuid_t *tenant, const char *resource, int level, int64 amount)
+pending_add(const pg_uuid_t *tenant, const char *resource, int level, int64 amount,
+			bool raise_on_overflow)
 {
 	PendingKey	key;
 	PendingEntry *entry;
@@ -295,10 +296,16 @@ pending_add(const pg_uuid_t *tenant, const char *resource, int level, int64 amou
 	if (!found)
 		entry->amount = 0;
 	if (pg_add_s64_overflow(entry->amount, amount, &entry->amount))
+	{
+		/* Never fail inside a subtransaction-end callback: saturate. */
+		entry->amount = PG_INT64_MAX;
+		if (!raise_on_overflow)
+			return;
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("tenancy: usage of resource \"%s\" is out of range", resource),
 				 errdetail("The amounts recorded in this transaction overflow a bigint.")));
+	}
 	if (level > pending_max_level)
 		pending_max_level = level;
 }
@@ -334,7 +341,7 @@ pending_subxact_end(int level, bool commit)
 	pending_max_level = level - 1;
 	for (i = 0; i < nmoved; i++)
 		pending_add(&moved[i].key.tenant, moved[i].key.resource, level - 1,
-					moved[i].amount);
+					moved[i].amount, false);
 	if (moved)
 		pfree(moved);
 }
@@ -697,7 +704,7 @@ tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
 		carried_add(tenant, resource, GetCurrentTimestamp(), amount);
 	}
 	else
-		pending_add(tenant, resource, GetCurrentTransactionNestLevel(), amount);
+		pending_add(tenant, resource, GetCurrentTransactionNestLevel(), amount, true);
 }
 
 /*
@@ -820,7 +827,7 @@ tenancy_record_usage(PG_FUNCTION_ARGS)
 				 errhint("Usage only grows; record 0 or more.")));
 	tenant_arg_or_context(fcinfo, 2, &tenant);
 	if (amount > 0)
-		pending_add(&tenant, resource, GetCurrentTransactionNestLevel(), amount);
+		pending_add(&tenant, resource, GetCurrentTransactionNestLevel(), amount, true);
 	PG_RETURN_VOID();
 }
 
