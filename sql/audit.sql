@@ -148,7 +148,7 @@ ROLLBACK;
 SELECT metric, labels, value FROM tenancy.stats
  WHERE metric IN ('tenancy_tenants', 'tenancy_api_keys_active')
     OR labels ->> 'resource' IN ('rows:public.t', 'api', 'other')
- ORDER BY 1, 2::text;
+ ORDER BY 1, 2::text COLLATE "C";
 SELECT value > 1.7e9 AS plausible FROM tenancy.stats
  WHERE metric = 'tenancy_maintenance_last_run_timestamp_seconds';
 -- Readable by tenancy_admin and pg_monitor, not by others.
@@ -160,6 +160,12 @@ SET ROLE regress_audit_plain;
 SELECT pg_temp.err($$SELECT * FROM tenancy.stats$$);
 SELECT pg_temp.err($$SELECT * FROM tenancy._usage_counters()$$);
 RESET ROLE;
+
+-- The usage tables and the audit log are dumped by pg_dump.
+SELECT c::regclass AS dumped FROM pg_extension, unnest(extconfig) c
+ WHERE extname = 'tenancy'
+   AND c::regclass::text IN ('tenancy.usage_events', 'tenancy.usage_rollups', 'tenancy.audit_log')
+ ORDER BY 1::text;
 
 RESET client_min_messages;
 REVOKE CREATE ON SCHEMA public FROM regress_audit_admin;

@@ -1074,16 +1074,23 @@ $$;
 CREATE VIEW tenancy.stats AS
 SELECT 'tenancy_tenants'::text AS metric,
        pg_catalog.jsonb_build_object('status', s.status) AS labels,
-       (SELECT pg_catalog.count(*) FROM tenancy.tenants t
-         WHERE CASE WHEN t.status OPERATOR(pg_catalog.=) 'active'
-                         AND t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
-                    THEN 'expired' ELSE t.status END OPERATOR(pg_catalog.=) s.status)::float8 AS value
+       COALESCE(c.n, 0)::float8 AS value
   FROM (VALUES ('active'), ('suspended'), ('expired'), ('deleted')) AS s (status)
+  LEFT JOIN (SELECT CASE WHEN t.status OPERATOR(pg_catalog.=) 'active'
+                              AND t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+                         THEN 'expired' ELSE t.status END AS status,
+                    pg_catalog.count(*) AS n
+               FROM tenancy.tenants t GROUP BY 1) AS c
+    ON c.status OPERATOR(pg_catalog.=) s.status
 UNION ALL
+-- Keys that would verify now: not revoked, not expired, tenant active.
 SELECT 'tenancy_api_keys_active', '{}'::jsonb, pg_catalog.count(*)::float8
   FROM tenancy.api_keys k
+  JOIN tenancy.tenants t ON t.id OPERATOR(pg_catalog.=) k.tenant_id
  WHERE k.revoked_at IS NULL
    AND (k.expires_at IS NULL OR k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
+   AND t.status OPERATOR(pg_catalog.=) 'active'
+   AND (t.expires_at IS NULL OR t.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
 UNION ALL
 SELECT 'tenancy_auth_failures_total', pg_catalog.jsonb_build_object('cause', f.cause), f.failures::float8
   FROM tenancy._auth_failures() f

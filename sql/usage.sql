@@ -189,6 +189,24 @@ SELECT pg_temp.err($$SELECT * FROM tenancy.usage_events$$);
 SELECT pg_temp.err($$SELECT * FROM tenancy.usage_rollups$$);
 SELECT pg_temp.err($$SELECT tenancy._usage_record_carried(tenancy.current_tenant_id(), 'x', 1)$$);
 RESET ROLE;
+-- A session bound by an API key reads its usage only with the admin
+-- permission (the binding is set by hand here, as authenticate() would).
+INSERT INTO tenancy.api_keys (id, tenant_id, name, prefix, key_hash, permissions) VALUES
+    ('00000000-0000-4000-8000-00000000000a', tenancy.tenant_id('usage-a'), 'reader', 'tk_reader', '\x01', '{read}'),
+    ('00000000-0000-4000-8000-00000000000b', tenancy.tenant_id('usage-a'), 'admin', 'tk_admin', '\x02', '{read,admin}');
+SELECT set_config('tenancy.session_binding',
+                  tenancy.tenant_id('usage-a') || ':00000000-0000-4000-8000-00000000000a', false) IS NOT NULL AS bound;
+SET ROLE regress_usage_plain;
+SELECT pg_temp.err($$SELECT * FROM tenancy.usage(NULL, NULL, NULL)$$);
+SELECT tenancy.record_usage('bound', 1);
+RESET ROLE;
+SELECT set_config('tenancy.session_binding',
+                  tenancy.tenant_id('usage-a') || ':00000000-0000-4000-8000-00000000000b', false) IS NOT NULL AS bound;
+SET ROLE regress_usage_plain;
+SELECT resource, amount FROM tenancy.usage(NULL, NULL, NULL) WHERE resource = 'bound';
+RESET ROLE;
+SET tenancy.session_binding = '';
+DELETE FROM tenancy.api_keys WHERE tenant_id = tenancy.tenant_id('usage-a');
 SET app.tenant_id = '';
 
 -- A suspended tenant's session records nothing (TN003); an admin still can.
