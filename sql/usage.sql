@@ -192,8 +192,10 @@ RESET ROLE;
 -- A session bound by an API key reads its usage only with the admin
 -- permission (the binding is set by hand here, as authenticate() would).
 INSERT INTO tenancy.api_keys (id, tenant_id, name, prefix, key_hash, permissions) VALUES
-    ('00000000-0000-4000-8000-00000000000a', tenancy.tenant_id('usage-a'), 'reader', 'tk_reader', '\x01', '{read}'),
-    ('00000000-0000-4000-8000-00000000000b', tenancy.tenant_id('usage-a'), 'admin', 'tk_admin', '\x02', '{read,admin}');
+    ('00000000-0000-4000-8000-00000000000a', tenancy.tenant_id('usage-a'), 'reader', 'tk_Reader00',
+     sha256('regress reader key'), '{read}'),
+    ('00000000-0000-4000-8000-00000000000b', tenancy.tenant_id('usage-a'), 'admin', 'tk_Admin000',
+     sha256('regress admin key'), '{read,admin}');
 SELECT set_config('tenancy.session_binding',
                   tenancy.tenant_id('usage-a') || ':00000000-0000-4000-8000-00000000000a', false) IS NOT NULL AS bound;
 SET ROLE regress_usage_plain;
