@@ -36,9 +36,9 @@ DOCS_APIKEY =
 
 # -- usage metering, audit, stats
 OBJS_USAGE = src/usage.o
-REGRESS_USAGE =
-ISOLATION_USAGE =
-DOCS_USAGE =
+REGRESS_USAGE = usage audit
+ISOLATION_USAGE = usage_rollup
+DOCS_USAGE = doc/tenancy-usage.md
 
 OBJS = $(OBJS_CORE) $(OBJS_CONTEXT) $(OBJS_QUOTA) $(OBJS_APIKEY) $(OBJS_USAGE)
 DATA = sql/tenancy--0.1.sql
@@ -65,7 +65,7 @@ SPEC_CORE = tenancy\.(create_tenant|tenant_id|update_tenant|suspend_tenant|activ
 SPEC_CONTEXT = tenancy\.(tenant_id|tenant_status|set_tenant|current_tenant_id|current_tenant)\(|^guc.(app\.tenant_id|tenancy\.default_tenant)$$
 SPEC_QUOTA =
 SPEC_APIKEY =
-SPEC_USAGE =
+SPEC_USAGE = tenancy\.(record_usage|rollup_usage|usage|run_maintenance|schedule_maintenance|unschedule_maintenance)\(|relation.tenancy\.(usage_rollups|stats)$$
 space := $(subst ,, )
 SPEC_AREAS = $(subst $(space),|,$(strip $(SPEC_CORE) $(SPEC_CONTEXT) $(SPEC_QUOTA) $(SPEC_APIKEY) $(SPEC_USAGE)))
 

@@ -312,6 +312,7 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM tenancy._purge_tenant_usage(tid);
 END
 $$;
 
@@ -1068,11 +1069,319 @@ $$;
 -- 6. Usage metering and rollups
 --------------------------------------------------------------------------
 
+-- Raw usage events: one row per (tenant, resource) per committed
+-- transaction that recorded usage (src/usage.c sums in memory and writes
+-- once at commit), plus the carried denial records.  rollup_usage() folds
+-- them into tenancy.usage_rollups and deletes them.
+CREATE TABLE tenancy.usage_events (
+    tenant_id   uuid NOT NULL,
+    resource    text NOT NULL,
+    at          timestamptz NOT NULL,
+    amount      bigint NOT NULL
+);
+CREATE INDEX usage_events_tenant_at_idx ON tenancy.usage_events (tenant_id, at);
+SELECT pg_catalog.pg_extension_config_dump('tenancy.usage_events', '');
+
+CREATE TABLE tenancy.usage_rollups (
+    tenant_id    uuid NOT NULL,
+    resource     text NOT NULL,
+    granularity  text NOT NULL,
+    period_start timestamptz NOT NULL,
+    amount       bigint NOT NULL,
+    CONSTRAINT usage_rollups_pkey PRIMARY KEY (tenant_id, resource, granularity, period_start),
+    CONSTRAINT usage_rollups_granularity_check CHECK (granularity IN ('hour', 'day', 'month'))
+);
+CREATE INDEX usage_rollups_tenant_period_idx
+    ON tenancy.usage_rollups (tenant_id, granularity, period_start);
+SELECT pg_catalog.pg_extension_config_dump('tenancy.usage_rollups', '');
+
+-- One row: when run_maintenance() last ran and what it did.  Its row lock
+-- makes concurrent runs take turns.
+CREATE TABLE tenancy.maintenance_state (
+    id          boolean PRIMARY KEY DEFAULT true CONSTRAINT maintenance_state_one_row CHECK (id),
+    last_run    timestamptz,
+    last_result jsonb
+);
+INSERT INTO tenancy.maintenance_state DEFAULT VALUES;
+
+CREATE FUNCTION tenancy.record_usage(resource text, amount bigint DEFAULT 1, tenant text DEFAULT NULL)
+RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'tenancy_record_usage';
+
+CREATE FUNCTION tenancy.usage(tenant text, since timestamptz, until timestamptz,
+                              granularity text DEFAULT 'day')
+RETURNS TABLE (period_start timestamptz, resource text, amount bigint)
+LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 100
+AS 'MODULE_PATHNAME', 'tenancy_usage';
+
+-- Write this backend's pending and carried records now.  Internal.
+CREATE FUNCTION tenancy._usage_flush() RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'tenancy_usage_flush';
+
+-- Record as the denial meters do: the record survives a rollback.
+-- Internal, for tests.
+CREATE FUNCTION tenancy._usage_record_carried(tenant uuid, resource text, amount bigint)
+RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'tenancy_usage_record_carried';
+
+-- Counters of rollback-surviving records (denials) since server start,
+-- from shared memory.  For tenancy.stats.
+CREATE FUNCTION tenancy._usage_counters() RETURNS TABLE (resource text, amount bigint)
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'tenancy_usage_counters';
+
+-- Fold the raw events into the hourly, daily and monthly rollups, in one
+-- statement: the events are deleted and their sums added to the rollups
+-- together, so an event is folded exactly once.  Runs take turns (an
+-- advisory transaction lock); a run under READ COMMITTED that waited sees
+-- what the other folded as gone.  Returns the number of events folded.
+CREATE FUNCTION tenancy.rollup_usage() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM tenancy._usage_flush();
+    PERFORM pg_catalog.pg_advisory_xact_lock('tenancy.usage_events'::pg_catalog.regclass::pg_catalog.oid::bigint);
+    WITH folded AS (
+        DELETE FROM tenancy.usage_events
+        RETURNING tenant_id, resource, at, amount
+    ), grouped AS (
+        SELECT f.tenant_id, f.resource, g.granularity,
+               pg_catalog.date_trunc(g.granularity, f.at, 'UTC') AS period_start,
+               pg_catalog.sum(f.amount) AS amount
+          FROM folded f
+         CROSS JOIN (VALUES ('hour'), ('day'), ('month')) AS g (granularity)
+         GROUP BY 1, 2, 3, 4
+    ), merged AS (
+        INSERT INTO tenancy.usage_rollups AS r (tenant_id, resource, granularity, period_start, amount)
+        SELECT g.tenant_id, g.resource, g.granularity, g.period_start, g.amount::bigint
+          FROM grouped g
+         ORDER BY 1, 2, 3, 4
+        ON CONFLICT (tenant_id, resource, granularity, period_start)
+        DO UPDATE SET amount = r.amount OPERATOR(pg_catalog.+) EXCLUDED.amount
+    )
+    SELECT pg_catalog.count(*) INTO n FROM folded;
+    RETURN n;
+END
+$$;
+
+-- Remove a tenant's usage (called by _purge_tenant_state).  Internal.
+CREATE FUNCTION tenancy._purge_tenant_usage(tid uuid) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM tenancy.usage_events WHERE tenant_id OPERATOR(pg_catalog.=) tid;
+    DELETE FROM tenancy.usage_rollups WHERE tenant_id OPERATOR(pg_catalog.=) tid;
+END
+$$;
+
+-- Delete audit rows older than `before` (the only DELETE the audit guard
+-- allows).  Internal: run_maintenance() calls it.
+CREATE FUNCTION tenancy._audit_purge(before timestamptz) RETURNS bigint
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'tenancy_audit_purge';
+
+-- Periodic maintenance: rollups, expiry, purge of deleted tenants, audit
+-- retention.  See doc/tenancy-usage.md.
+CREATE FUNCTION tenancy.run_maintenance() RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    purge_after text := pg_catalog.current_setting('tenancy.purge_after');
+    retention text := pg_catalog.current_setting('tenancy.audit_retention');
+    folded bigint;
+    expired integer := 0;
+    purged integer := 0;
+    failed integer := 0;
+    audit_rows bigint := 0;
+    cutoff timestamptz;
+    r record;
+BEGIN
+    -- One run at a time: a concurrent run waits here, then sees this one's work.
+    PERFORM FROM tenancy.maintenance_state FOR UPDATE;
+
+    folded := tenancy.rollup_usage();
+
+    -- Expiry: an active tenant past expires_at is already treated as expired
+    -- everywhere; record it once in the audit log (per expires_at value).
+    FOR r IN SELECT t.id, t.slug, t.expires_at
+               FROM tenancy.tenants t
+              WHERE t.status OPERATOR(pg_catalog.=) 'active'
+                AND t.expires_at OPERATOR(pg_catalog.<=) now()
+                AND (retention OPERATOR(pg_catalog.=) ''
+                     OR t.expires_at OPERATOR(pg_catalog.>) (now() OPERATOR(pg_catalog.-) retention::interval))
+                AND NOT EXISTS (
+                    SELECT FROM tenancy.audit_log a
+                     WHERE a.tenant_id OPERATOR(pg_catalog.=) t.id
+                       AND a.action OPERATOR(pg_catalog.=) 'tenant.expire'
+                       AND (a.details OPERATOR(pg_catalog.->>) 'expires_at')::timestamptz
+                           OPERATOR(pg_catalog.=) t.expires_at)
+              ORDER BY t.expires_at LOOP
+        PERFORM tenancy._audit('tenant.expire', r.id, r.slug,
+                               jsonb_build_object('expires_at', r.expires_at));
+        expired := expired + 1;
+    END LOOP;
+
+    -- Purge tenants deleted longer ago than tenancy.purge_after.
+    IF purge_after OPERATOR(pg_catalog.<>) '' THEN
+        FOR r IN SELECT t.id, t.slug FROM tenancy.tenants t
+                  WHERE t.status OPERATOR(pg_catalog.=) 'deleted'
+                    AND t.deleted_at OPERATOR(pg_catalog.<=) (now() OPERATOR(pg_catalog.-) purge_after::interval)
+                  ORDER BY t.deleted_at LOOP
+            BEGIN
+                PERFORM tenancy.purge_tenant(r.slug);
+                purged := purged + 1;
+            EXCEPTION WHEN OTHERS THEN
+                failed := failed + 1;
+                RAISE WARNING 'tenancy: purging tenant % failed: %', r.slug, SQLERRM;
+            END;
+        END LOOP;
+    END IF;
+
+    -- Audit retention.
+    IF retention OPERATOR(pg_catalog.<>) '' THEN
+        cutoff := now() OPERATOR(pg_catalog.-) retention::interval;
+        audit_rows := tenancy._audit_purge(cutoff);
+        IF audit_rows OPERATOR(pg_catalog.>) 0 THEN
+            PERFORM tenancy._audit('audit.purge', NULL, NULL,
+                                   jsonb_build_object('rows', audit_rows, 'before', cutoff));
+        END IF;
+    END IF;
+
+    UPDATE tenancy.maintenance_state
+       SET last_run = clock_timestamp(),
+           last_result = jsonb_build_object('events_folded', folded, 'tenants_expired', expired,
+                                            'tenants_purged', purged, 'purges_failed', failed,
+                                            'audit_rows_deleted', audit_rows);
+END
+$$;
+
+-- Register run_maintenance() with pg_cron, as the job 'tenancy-maintenance'
+-- of this database.  Calling it again updates the schedule.
+CREATE FUNCTION tenancy.schedule_maintenance(schedule text DEFAULT '* * * * *') RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF schedule IS NULL OR schedule OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'tenancy: schedule must not be null or empty'
+            USING ERRCODE = '22023', HINT = 'Pass a cron schedule such as ''* * * * *'' (every minute).';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_cron') THEN
+        RAISE EXCEPTION 'tenancy: pg_cron is not installed in this database'
+            USING ERRCODE = '55000',
+                  DETAIL = format('Database %s has no pg_cron extension.', current_database()),
+                  HINT = 'Add pg_cron to shared_preload_libraries, set cron.database_name to this database, '
+                         'restart, and run CREATE EXTENSION pg_cron; or call tenancy.run_maintenance() '
+                         'from another scheduler.';
+    END IF;
+    EXECUTE 'SELECT cron.schedule($1, $2, $3)'
+        USING 'tenancy-maintenance', schedule, 'SELECT tenancy.run_maintenance()';
+    PERFORM tenancy._audit('maintenance.schedule', NULL, 'tenancy-maintenance',
+                           jsonb_build_object('schedule', schedule));
+END
+$$;
+
+-- Remove the pg_cron job, if there is one.
+CREATE FUNCTION tenancy.unschedule_maintenance() RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    job bigint;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_cron') THEN
+        RETURN;
+    END IF;
+    FOR job IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname OPERATOR(pg_catalog.=) $1 '
+                       'AND username OPERATOR(pg_catalog.=) current_user'
+               USING 'tenancy-maintenance' LOOP
+        EXECUTE 'SELECT cron.unschedule($1)' USING job;
+        PERFORM tenancy._audit('maintenance.unschedule', NULL, 'tenancy-maintenance',
+                               jsonb_build_object('jobid', job));
+    END LOOP;
+END
+$$;
+
 -- (end of section 6)
 
 --------------------------------------------------------------------------
 -- 7. Audit and observability
 --------------------------------------------------------------------------
+
+-- tenancy.audit_log is append-only: UPDATE, DELETE and TRUNCATE fail
+-- (42501), except the DELETE of the retention purge (tenancy._audit_purge).
+-- ENABLE ALWAYS: session_replication_role = replica does not skip them.
+CREATE FUNCTION tenancy._audit_guard() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_audit_guard';
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON tenancy.audit_log
+    FOR EACH ROW EXECUTE FUNCTION tenancy._audit_guard();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON tenancy.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy._audit_guard();
+ALTER TABLE tenancy.audit_log ENABLE ALWAYS TRIGGER audit_log_append_only,
+                              ENABLE ALWAYS TRIGGER audit_log_no_truncate;
+
+-- Quota usage ratios by tenant and resource, for tenancy.stats.  Stub until
+-- quotas exist; the quota area replaces it.
+CREATE FUNCTION tenancy._quota_ratios() RETURNS TABLE (tenant text, resource text, ratio float8)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT NULL::text, NULL::text, NULL::float8 WHERE false;
+$$;
+
+-- Metrics in Prometheus style: (metric, labels, value).  Counters (_total)
+-- of denials count since the server started.  Readable by tenancy_admin and
+-- pg_monitor.
+CREATE VIEW tenancy.stats AS
+SELECT 'tenancy_tenants'::text AS metric,
+       pg_catalog.jsonb_build_object('status', s.status) AS labels,
+       COALESCE(c.n, 0)::float8 AS value
+  FROM (VALUES ('active'), ('suspended'), ('expired'), ('deleted')) AS s (status)
+  LEFT JOIN (SELECT CASE WHEN t.status OPERATOR(pg_catalog.=) 'active'
+                              AND t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+                         THEN 'expired' ELSE t.status END AS status,
+                    pg_catalog.count(*) AS n
+               FROM tenancy.tenants t GROUP BY 1) AS c
+    ON c.status OPERATOR(pg_catalog.=) s.status
+UNION ALL
+-- Keys that would verify now: not revoked, not expired, tenant active.
+SELECT 'tenancy_api_keys_active', '{}'::jsonb, pg_catalog.count(*)::float8
+  FROM tenancy.api_keys k
+  JOIN tenancy.tenants t ON t.id OPERATOR(pg_catalog.=) k.tenant_id
+ WHERE k.revoked_at IS NULL
+   AND (k.expires_at IS NULL OR k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
+   AND t.status OPERATOR(pg_catalog.=) 'active'
+   AND (t.expires_at IS NULL OR t.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
+UNION ALL
+SELECT 'tenancy_auth_failures_total', pg_catalog.jsonb_build_object('cause', f.cause), f.failures::float8
+  FROM tenancy._auth_failures() f
+UNION ALL
+SELECT 'tenancy_quota_denials_total',
+       pg_catalog.jsonb_build_object('resource', pg_catalog.substr(c.resource, 14)), c.amount::float8
+  FROM tenancy._usage_counters() c
+ WHERE pg_catalog.left(c.resource, 13) OPERATOR(pg_catalog.=) 'quota_denied:'
+UNION ALL
+SELECT 'tenancy_rate_limited_total',
+       pg_catalog.jsonb_build_object('resource', pg_catalog.substr(c.resource, 14)), c.amount::float8
+  FROM tenancy._usage_counters() c
+ WHERE pg_catalog.left(c.resource, 13) OPERATOR(pg_catalog.=) 'rate_limited:'
+UNION ALL
+SELECT 'tenancy_quota_usage_ratio',
+       pg_catalog.jsonb_build_object('tenant', q.tenant, 'resource', q.resource), q.ratio
+  FROM tenancy._quota_ratios() q
+UNION ALL
+SELECT 'tenancy_maintenance_last_run_timestamp_seconds', '{}'::jsonb,
+       pg_catalog.date_part('epoch', m.last_run)
+  FROM tenancy.maintenance_state m
+ WHERE m.last_run IS NOT NULL;
 
 -- (end of section 7)
 
@@ -1120,5 +1429,26 @@ TO tenancy_admin;
 -- (end of API key grants)
 
 -- Usage, audit and stats.
+
+GRANT EXECUTE ON FUNCTION
+    tenancy.record_usage(text, bigint, text),
+    tenancy.usage(text, timestamptz, timestamptz, text)
+TO PUBLIC;
+
+GRANT EXECUTE ON FUNCTION
+    tenancy.rollup_usage(),
+    tenancy.run_maintenance(),
+    tenancy.schedule_maintenance(text),
+    tenancy.unschedule_maintenance()
+TO tenancy_admin;
+
+-- What tenancy.stats calls runs as its reader.
+GRANT EXECUTE ON FUNCTION
+    tenancy._usage_counters(),
+    tenancy._auth_failures(),
+    tenancy._quota_ratios()
+TO tenancy_admin, pg_monitor;
+GRANT SELECT ON tenancy.stats TO tenancy_admin, pg_monitor;
+GRANT SELECT ON tenancy.usage_rollups, tenancy.maintenance_state TO tenancy_admin;
 
 -- (end of usage grants)

@@ -92,10 +92,14 @@ extern void tenancy_apikey_validate_binding(const pg_uuid_t *tenant,
 											const pg_uuid_t *key);
 
 /* usage.c: usage metering */
+#define TENANCY_RESOURCE_MAXLEN 255	/* bytes of a resource name */
 extern Size tenancy_usage_shmem_size(void);
 extern void tenancy_usage_shmem_startup(void);
 extern void tenancy_usage_init(void);
 extern void tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
 								 int64 amount, bool survive_abort);
+extern bool tenancy_usage_resource_ok(const char *resource);
+extern void tenancy_usage_record_rows(Oid relid, const pg_uuid_t *tenant,
+									  int64 inserted, int64 deleted);
 
 #endif							/* TENANCY_H */

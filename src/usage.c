@@ -1,39 +1,1123 @@
 /*-------------------------------------------------------------------------
  *
  * usage.c
- *		Usage metering.
+ *		Usage metering: record_usage(), the meters other areas call through
+ *		tenancy_usage_record(), usage(), the denial counters of
+ *		tenancy.stats, and the append-only guard of tenancy.audit_log.
+ *
+ * Transactional records (record_usage, consumed quotas, rows inserted...)
+ * are summed in backend memory, keyed by tenant, resource and
+ * subtransaction nesting level, and written once, at XACT_EVENT_PRE_COMMIT,
+ * by one INSERT of a few array parameters into tenancy.usage_events.  So a
+ * transaction that records a resource 100,000 times writes one row, a
+ * rolled-back transaction writes nothing, and a rolled-back subtransaction
+ * drops exactly what it recorded (its level's entries; a committed
+ * subtransaction's entries are merged into its parent's level).
+ *
+ * Records that must survive the rollback of their transaction (quota and
+ * rate-limit denials) are "carried": kept in a backend-local list, summed
+ * by tenant, resource and UTC hour, and written by the next transaction of
+ * this backend that commits in read-write mode (its PRE_COMMIT), by
+ * usage() or rollup_usage() called at top level, or, at the latest, in a
+ * short transaction of their own when the backend exits.  A carried record
+ * is forgotten only when the transaction that wrote it commits; if it
+ * aborts, the record is carried on.  They are also added at once to
+ * counters in shared memory (by resource), which tenancy.stats reads: those
+ * never miss a denial, even if the backend is killed before writing.
+ *
+ * Shared memory: one struct with an LWLock (its own tranche) and a hash of
+ * counters keyed by resource name (fixed-size, zero-padded keys).  Locking
+ * protocol: look-up under LW_SHARED, then the entry's spinlock to add;
+ * insertion under LW_EXCLUSIVE with a re-look-up (HASH_ENTER_NULL; a full
+ * table counts into "dropped").  Readers take LW_SHARED and each entry's
+ * spinlock.
+ *
+ * The audit log guard: a trigger refuses UPDATE, DELETE and TRUNCATE of
+ * tenancy.audit_log unless tenancy._audit_purge() (the retention purge of
+ * run_maintenance) has set a flag for the DELETE it runs; the flag is also
+ * cleared at every transaction and subtransaction end.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "access/parallel.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
 #include "tenancy.h"
 
-/* Shared memory of this area: none yet. */
+PG_FUNCTION_INFO_V1(tenancy_record_usage);
+PG_FUNCTION_INFO_V1(tenancy_usage);
+PG_FUNCTION_INFO_V1(tenancy_usage_flush);
+PG_FUNCTION_INFO_V1(tenancy_usage_counters);
+PG_FUNCTION_INFO_V1(tenancy_usage_record_carried);
+PG_FUNCTION_INFO_V1(tenancy_audit_guard);
+PG_FUNCTION_INFO_V1(tenancy_audit_purge);
+
+/* Most shared counters (distinct denial resources) per server. */
+#define USAGE_MAX_COUNTERS 1024
+
+/* Most carried records a backend keeps; more are counted, not written. */
+#define USAGE_MAX_CARRIED 10000
+
+/* ---- transactional records ---- */
+
+typedef struct PendingKey
+{
+	pg_uuid_t	tenant;
+	int32		level;			/* subtransaction nesting level */
+	char		resource[TENANCY_RESOURCE_MAXLEN + 1];	/* zero-padded */
+} PendingKey;
+
+typedef struct PendingEntry
+{
+	PendingKey	key;
+	int64		amount;
+} PendingEntry;
+
+static MemoryContext usage_context = NULL;
+static HTAB *pending = NULL;	/* NULL when empty */
+static int	pending_max_level = 0;	/* deepest level with entries */
+
+/* ---- carried (rollback-surviving) records ---- */
+
+typedef struct CarriedRecord
+{
+	pg_uuid_t	tenant;
+	char		resource[TENANCY_RESOURCE_MAXLEN + 1];
+	TimestampTz at;				/* first occurrence */
+	int64		hour;			/* at / USECS_PER_HOUR, for summing */
+	int64		amount;
+	bool		inflight;		/* written by the current transaction */
+} CarriedRecord;
+
+static CarriedRecord *carried = NULL;
+static int	ncarried = 0;
+static int	carried_alloc = 0;
+static bool exit_callback_registered = false;
+static bool carried_overflow_logged = false;
+
+/* The saved INSERT of usage_events. */
+static SPIPlanPtr insert_plan = NULL;
+
+/* ---- shared memory ---- */
+
+typedef struct UsageCounterKey
+{
+	char		resource[TENANCY_RESOURCE_MAXLEN + 1];
+} UsageCounterKey;
+
+typedef struct UsageCounter
+{
+	UsageCounterKey key;
+	slock_t		mutex;
+	int64		amount;
+} UsageCounter;
+
+typedef struct UsageShared
+{
+	LWLock		lock;
+	int			tranche;
+	pg_atomic_uint64 dropped;	/* increments with no room in the hash */
+} UsageShared;
+
+static UsageShared *usage_shared = NULL;
+static HTAB *usage_counters = NULL;
+
+/* ---- audit guard ---- */
+
+static bool audit_purge_allowed = false;
+
+static void usage_flush(void);
+
+/* ------------------------------------------------------------------------
+ * Shared memory
+ * ------------------------------------------------------------------------
+ */
+
 Size
 tenancy_usage_shmem_size(void)
 {
-	return 0;
+	return add_size(MAXALIGN(sizeof(UsageShared)),
+					hash_estimate_size(USAGE_MAX_COUNTERS, sizeof(UsageCounter)));
 }
 
+/* Called under AddinShmemInitLock by shmem.c. */
 void
 tenancy_usage_shmem_startup(void)
 {
+	bool		found;
+	HASHCTL		info;
+
+	usage_shared = ShmemInitStruct("tenancy usage", sizeof(UsageShared), &found);
+	if (!found)
+	{
+		usage_shared->tranche = LWLockNewTrancheId();
+		LWLockInitialize(&usage_shared->lock, usage_shared->tranche);
+		pg_atomic_init_u64(&usage_shared->dropped, 0);
+	}
+	LWLockRegisterTranche(usage_shared->tranche, "tenancy_usage");
+
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(UsageCounterKey);
+	info.entrysize = sizeof(UsageCounter);
+	usage_counters = ShmemInitHash("tenancy usage counters",
+								   USAGE_MAX_COUNTERS, USAGE_MAX_COUNTERS,
+								   &info, HASH_ELEM | HASH_BLOBS);
 }
 
-/* Called from _PG_init: hooks of this area (none yet). */
-void
-tenancy_usage_init(void)
+/* Raise 55000 unless this backend is attached to tenancy's shared memory. */
+static void
+require_shmem(void)
 {
+	if (usage_shared == NULL || usage_counters == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenancy: shared memory is not attached"),
+				 errhint("Add tenancy to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* Add amount to the shared counter of resource. */
+static void
+counter_add(const char *resource, int64 amount)
+{
+	UsageCounterKey key;
+	UsageCounter *entry;
+
+	if (usage_shared == NULL || usage_counters == NULL)
+		return;
+	memset(&key, 0, sizeof(key));
+	strlcpy(key.resource, resource, sizeof(key.resource));
+
+	LWLockAcquire(&usage_shared->lock, LW_SHARED);
+	entry = hash_search(usage_counters, &key, HASH_FIND, NULL);
+	if (entry == NULL)
+	{
+		bool		found;
+
+		LWLockRelease(&usage_shared->lock);
+		LWLockAcquire(&usage_shared->lock, LW_EXCLUSIVE);
+		entry = hash_search(usage_counters, &key, HASH_ENTER_NULL, &found);
+		if (entry == NULL)
+		{
+			pg_atomic_fetch_add_u64(&usage_shared->dropped, 1);
+			LWLockRelease(&usage_shared->lock);
+			return;
+		}
+		if (!found)
+		{
+			SpinLockInit(&entry->mutex);
+			entry->amount = 0;
+		}
+	}
+	SpinLockAcquire(&entry->mutex);
+	entry->amount += amount;
+	SpinLockRelease(&entry->mutex);
+	LWLockRelease(&usage_shared->lock);
+}
+
+/* ------------------------------------------------------------------------
+ * Backend-local records
+ * ------------------------------------------------------------------------
+ */
+
+static void
+ensure_context(void)
+{
+	if (usage_context == NULL)
+		usage_context = AllocSetContextCreate(TopMemoryContext,
+											  "tenancy usage",
+											  ALLOCSET_SMALL_SIZES);
+}
+
+static void
+pending_reset(void)
+{
+	if (pending != NULL)
+	{
+		hash_destroy(pending);
+		pending = NULL;
+	}
+	pending_max_level = 0;
+}
+
+/* Add amount to the pending entry of (tenant, resource, level). */
+static void
+pending_add(const pg_uuid_t *tenant, const char *resource, int level, int64 amount,
+			bool raise_on_overflow)
+{
+	PendingKey	key;
+	PendingEntry *entry;
+	bool		found;
+
+	if (pending == NULL)
+	{
+		HASHCTL		info;
+
+		ensure_context();
+		memset(&info, 0, sizeof(info));
+		info.keysize = sizeof(PendingKey);
+		info.entrysize = sizeof(PendingEntry);
+		info.hcxt = usage_context;
+		pending = hash_create("tenancy pending usage", 64, &info,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	memset(&key, 0, sizeof(key));
+	memcpy(&key.tenant, tenant, sizeof(pg_uuid_t));
+	key.level = level;
+	strlcpy(key.resource, resource, sizeof(key.resource));
+
+	entry = hash_search(pending, &key, HASH_ENTER, &found);
+	if (!found)
+		entry->amount = 0;
+	if (pg_add_s64_overflow(entry->amount, amount, &entry->amount))
+	{
+		/* Never fail inside a subtransaction-end callback: saturate. */
+		entry->amount = PG_INT64_MAX;
+		if (!raise_on_overflow)
+			return;
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("tenancy: usage of resource \"%s\" is out of range", resource),
+				 errdetail("The amounts recorded in this transaction overflow a bigint.")));
+	}
+	if (level > pending_max_level)
+		pending_max_level = level;
 }
 
 /*
- * Record usage of a resource by a tenant.  With survive_abort, the record
- * outlives the rollback of the current transaction (denial meters).
- * Not implemented yet: records nothing.
+ * At the end of a subtransaction of nesting level `level`: drop its entries
+ * (abort) or merge them into its parent's level (commit).
+ */
+static void
+pending_subxact_end(int level, bool commit)
+{
+	HASH_SEQ_STATUS status;
+	PendingEntry *entry;
+	PendingEntry *moved = NULL;
+	int			nmoved = 0;
+	int			i;
+
+	if (pending == NULL || pending_max_level < level)
+		return;
+
+	if (commit)
+		moved = MemoryContextAlloc(usage_context,
+								   sizeof(PendingEntry) * hash_get_num_entries(pending));
+	hash_seq_init(&status, pending);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		if (entry->key.level < level)
+			continue;
+		if (commit)
+			moved[nmoved++] = *entry;
+		hash_search(pending, &entry->key, HASH_REMOVE, NULL);
+	}
+	pending_max_level = level - 1;
+	for (i = 0; i < nmoved; i++)
+		pending_add(&moved[i].key.tenant, moved[i].key.resource, level - 1,
+					moved[i].amount, false);
+	if (moved)
+		pfree(moved);
+}
+
+static void
+usage_exit_callback(int code, Datum arg);
+
+/* Add a record to the carried list (summed by tenant, resource, hour). */
+static void
+carried_add(const pg_uuid_t *tenant, const char *resource, TimestampTz at, int64 amount)
+{
+	int64		hour = at / USECS_PER_HOUR;
+	int			i;
+
+	for (i = 0; i < ncarried; i++)
+	{
+		CarriedRecord *r = &carried[i];
+
+		if (!r->inflight && r->hour == hour &&
+			memcmp(&r->tenant, tenant, sizeof(pg_uuid_t)) == 0 &&
+			strcmp(r->resource, resource) == 0 &&
+			!pg_add_s64_overflow(r->amount, amount, &r->amount))
+			return;
+	}
+	if (ncarried >= USAGE_MAX_CARRIED)
+	{
+		if (!carried_overflow_logged)
+			ereport(LOG,
+					(errmsg("tenancy: too many unwritten usage records in this session; dropping some"),
+					 errdetail("Records of resource \"%s\" were not written; tenancy.stats still counts them.",
+							   resource)));
+		carried_overflow_logged = true;
+		return;
+	}
+	ensure_context();
+	if (ncarried >= carried_alloc)
+	{
+		int			newalloc = carried_alloc ? carried_alloc * 2 : 16;
+
+		if (carried == NULL)
+			carried = MemoryContextAlloc(usage_context, sizeof(CarriedRecord) * newalloc);
+		else
+			carried = repalloc(carried, sizeof(CarriedRecord) * newalloc);
+		carried_alloc = newalloc;
+	}
+	memset(&carried[ncarried], 0, sizeof(CarriedRecord));
+	memcpy(&carried[ncarried].tenant, tenant, sizeof(pg_uuid_t));
+	strlcpy(carried[ncarried].resource, resource, sizeof(carried[ncarried].resource));
+	carried[ncarried].at = at;
+	carried[ncarried].hour = hour;
+	carried[ncarried].amount = amount;
+	carried[ncarried].inflight = false;
+	ncarried++;
+
+	if (!exit_callback_registered)
+	{
+		before_shmem_exit(usage_exit_callback, (Datum) 0);
+		exit_callback_registered = true;
+	}
+}
+
+/* The transaction that wrote the in-flight carried records committed. */
+static void
+carried_forget_inflight(void)
+{
+	int			i;
+	int			j = 0;
+
+	for (i = 0; i < ncarried; i++)
+		if (!carried[i].inflight)
+			carried[j++] = carried[i];
+	ncarried = j;
+}
+
+/* The transaction that wrote them aborted: carry them on. */
+static void
+carried_retry_inflight(void)
+{
+	int			i;
+
+	for (i = 0; i < ncarried; i++)
+		carried[i].inflight = false;
+}
+
+/* ------------------------------------------------------------------------
+ * Writing
+ * ------------------------------------------------------------------------
+ */
+
+/* The oid of tenancy.<relname> in this database, or InvalidOid. */
+static Oid
+usage_relid(const char *relname)
+{
+	Oid			nsp = get_namespace_oid("tenancy", true);
+
+	if (!OidIsValid(nsp))
+		return InvalidOid;
+	return get_relname_relid(relname, nsp);
+}
+
+/* The owner of a relation (the extension's owner for its tables). */
+static Oid
+rel_owner(Oid relid)
+{
+	HeapTuple	tp = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tp))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tp))->relowner;
+	ReleaseSysCache(tp);
+	return owner;
+}
+
+/*
+ * Write every pending record and every carried record not yet in flight,
+ * in one INSERT, as the owner of tenancy.usage_events.  Only at the top
+ * level of a transaction (so that no subtransaction can take the rows with
+ * it).  In a read-only transaction nothing can be written: the pending
+ * records are carried to the next transaction that can.
+ */
+static void
+usage_flush(void)
+{
+	int			npending = pending ? hash_get_num_entries(pending) : 0;
+	int			nrows = 0;
+	int			i;
+	Datum	   *tenants;
+	Datum	   *resources;
+	Datum	   *ats;
+	Datum	   *amounts;
+	Datum		args[4];
+	Oid			relid;
+	Oid			save_userid;
+	int			save_sec;
+	int			ret;
+	HASH_SEQ_STATUS status;
+	PendingEntry *entry;
+	TimestampTz xact_start = GetCurrentTransactionStartTimestamp();
+	bool		pushed_snapshot = false;
+
+	for (i = 0; i < ncarried; i++)
+		if (!carried[i].inflight)
+			nrows++;
+	if (npending == 0 && nrows == 0)
+		return;
+	if (GetCurrentTransactionNestLevel() != 1 || IsParallelWorker())
+		return;
+
+	if (XactReadOnly || RecoveryInProgress())
+	{
+		if (npending > 0)
+		{
+			hash_seq_init(&status, pending);
+			while ((entry = hash_seq_search(&status)) != NULL)
+				carried_add(&entry->key.tenant, entry->key.resource, xact_start,
+							entry->amount);
+			pending_reset();
+		}
+		return;
+	}
+
+	relid = usage_relid("usage_events");
+	if (!OidIsValid(relid))
+	{
+		/* The extension is not (or no longer) installed here. */
+		pending_reset();
+		ncarried = 0;
+		return;
+	}
+
+	nrows += npending;
+	tenants = palloc(sizeof(Datum) * nrows);
+	resources = palloc(sizeof(Datum) * nrows);
+	ats = palloc(sizeof(Datum) * nrows);
+	amounts = palloc(sizeof(Datum) * nrows);
+	nrows = 0;
+	if (npending > 0)
+	{
+		hash_seq_init(&status, pending);
+		while ((entry = hash_seq_search(&status)) != NULL)
+		{
+			pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
+
+			if (entry->amount == 0)
+				continue;
+			memcpy(u, &entry->key.tenant, sizeof(pg_uuid_t));
+			tenants[nrows] = UUIDPGetDatum(u);
+			resources[nrows] = CStringGetTextDatum(entry->key.resource);
+			ats[nrows] = TimestampTzGetDatum(xact_start);
+			amounts[nrows] = Int64GetDatum(entry->amount);
+			nrows++;
+		}
+	}
+	for (i = 0; i < ncarried; i++)
+	{
+		pg_uuid_t  *u;
+
+		if (carried[i].inflight)
+			continue;
+		u = palloc(sizeof(pg_uuid_t));
+		memcpy(u, &carried[i].tenant, sizeof(pg_uuid_t));
+		tenants[nrows] = UUIDPGetDatum(u);
+		resources[nrows] = CStringGetTextDatum(carried[i].resource);
+		ats[nrows] = TimestampTzGetDatum(carried[i].at);
+		amounts[nrows] = Int64GetDatum(carried[i].amount);
+		nrows++;
+	}
+
+	if (nrows > 0)
+	{
+		args[0] = PointerGetDatum(construct_array(tenants, nrows, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+		args[1] = PointerGetDatum(construct_array(resources, nrows, TEXTOID, -1, false, TYPALIGN_INT));
+		args[2] = PointerGetDatum(construct_array(ats, nrows, TIMESTAMPTZOID, sizeof(TimestampTz),
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		args[3] = PointerGetDatum(construct_array(amounts, nrows, INT8OID, sizeof(int64),
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+
+		/* At PRE_COMMIT there is no active snapshot any more. */
+		if (!ActiveSnapshotSet())
+		{
+			PushActiveSnapshot(GetTransactionSnapshot());
+			pushed_snapshot = true;
+		}
+		GetUserIdAndSecContext(&save_userid, &save_sec);
+		SetUserIdAndSecContext(rel_owner(relid), save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (insert_plan == NULL)
+		{
+			Oid			argtypes[4] = {UUIDARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
+			SPIPlanPtr	plan;
+
+			plan = SPI_prepare("INSERT INTO tenancy.usage_events (tenant_id, resource, at, amount) "
+							   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+							   "pg_catalog.unnest($3), pg_catalog.unnest($4))",
+							   4, argtypes);
+			if (plan == NULL)
+				elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+			if (SPI_keepplan(plan) != 0)
+				elog(ERROR, "SPI_keepplan failed");
+			insert_plan = plan;
+		}
+		ret = SPI_execute_plan(insert_plan, args, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "tenancy: writing usage failed: %s", SPI_result_code_string(ret));
+		SPI_finish();
+		SetUserIdAndSecContext(save_userid, save_sec);
+		if (pushed_snapshot)
+			PopActiveSnapshot();
+	}
+
+	pending_reset();
+	for (i = 0; i < ncarried; i++)
+		carried[i].inflight = true;
+}
+
+/*
+ * At backend exit, write what is still carried, in a transaction of its
+ * own (as temporary relations are removed at exit).
+ */
+static void
+usage_exit_callback(int code, Datum arg)
+{
+	int			i;
+	bool		any = false;
+
+	for (i = 0; i < ncarried; i++)
+		any |= !carried[i].inflight;
+	if (!any || !IsUnderPostmaster || !OidIsValid(MyDatabaseId) || MyProc == NULL ||
+		RecoveryInProgress())
+		return;
+	AbortOutOfAnyTransaction();
+	carried_retry_inflight();
+	StartTransactionCommand();
+	usage_flush();
+	CommitTransactionCommand();
+}
+
+static void
+usage_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			if (pending != NULL || ncarried > 0)
+				usage_flush();
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PREPARE:
+			pending_reset();
+			if (ncarried > 0)
+				carried_forget_inflight();
+			audit_purge_allowed = false;
+			break;
+		case XACT_EVENT_ABORT:
+			pending_reset();
+			if (ncarried > 0)
+				carried_retry_inflight();
+			audit_purge_allowed = false;
+			break;
+		default:
+			/* parallel workers record nothing */
+			pending_reset();
+			audit_purge_allowed = false;
+			break;
+	}
+}
+
+static void
+usage_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		pending_subxact_end(GetCurrentTransactionNestLevel(), false);
+		audit_purge_allowed = false;
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		pending_subxact_end(GetCurrentTransactionNestLevel(), true);
+}
+
+/* Called from _PG_init. */
+void
+tenancy_usage_init(void)
+{
+	RegisterXactCallback(usage_xact_callback, NULL);
+	RegisterSubXactCallback(usage_subxact_callback, NULL);
+}
+
+/*
+ * Is resource a valid resource name?  1 to TENANCY_RESOURCE_MAXLEN bytes.
+ */
+bool
+tenancy_usage_resource_ok(const char *resource)
+{
+	size_t		len = resource ? strlen(resource) : 0;
+
+	return len >= 1 && len <= TENANCY_RESOURCE_MAXLEN;
+}
+
+/*
+ * Record usage of a resource by a tenant; the hook of the other areas.
+ * Transactional unless survive_abort, in which case the record outlives the
+ * rollback of the current transaction (see the header comment) and is
+ * counted in shared memory at once.  Amounts <= 0 and invalid resource
+ * names are ignored: a meter never makes its caller fail.
  */
 void
 tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
 					 int64 amount, bool survive_abort)
 {
+	if (tenant == NULL || amount <= 0 || !tenancy_usage_resource_ok(resource) ||
+		IsParallelWorker())
+		return;
+	if (survive_abort)
+	{
+		counter_add(resource, amount);
+		carried_add(tenant, resource, GetCurrentTimestamp(), amount);
+	}
+	else
+		pending_add(tenant, resource, GetCurrentTransactionNestLevel(), amount, true);
+}
+
+/*
+ * Record rows inserted into and deleted from a protected table by a tenant
+ * (resources rows_inserted:<table> and rows_deleted:<table>, the table as
+ * regclass::text prints it).  Transactional.  For the row counting of
+ * protected tables.
+ */
+void
+tenancy_usage_record_rows(Oid relid, const pg_uuid_t *tenant, int64 inserted,
+						  int64 deleted)
+{
+	char	   *table;
+	char		resource[TENANCY_RESOURCE_MAXLEN + 1];
+
+	if (inserted <= 0 && deleted <= 0)
+		return;
+	table = DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(relid)));
+	if (inserted > 0)
+	{
+		snprintf(resource, sizeof(resource), "rows_inserted:%s", table);
+		tenancy_usage_record(tenant, resource, inserted, false);
+	}
+	if (deleted > 0)
+	{
+		snprintf(resource, sizeof(resource), "rows_deleted:%s", table);
+		tenancy_usage_record(tenant, resource, deleted, false);
+	}
+	pfree(table);
+}
+
+/* ------------------------------------------------------------------------
+ * SQL functions
+ * ------------------------------------------------------------------------
+ */
+
+static void
+raise_other_tenant(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("tenancy: permission denied for another tenant"),
+			 errdetail("This session acts for its own tenant only."),
+			 errhint("Omit the tenant argument, or call as a member of tenancy_admin.")));
+}
+
+/*
+ * The tenant of a "tenant text DEFAULT NULL" argument: NULL is the context
+ * tenant; administrators may name any tenant; anyone else only their own,
+ * with the same 42501 whether another tenant exists or not.
+ */
+static void
+tenant_arg_or_context(FunctionCallInfo fcinfo, int argno, pg_uuid_t *out)
+{
+	char	   *arg;
+	TenancyTenant tenant;
+
+	if (PG_ARGISNULL(argno))
+	{
+		memcpy(out, tenancy_context_current(), sizeof(pg_uuid_t));
+		return;
+	}
+	arg = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	if (tenancy_context_is_admin())
+	{
+		tenancy_tenant_resolve(arg, &tenant);
+		memcpy(out, &tenant.id, sizeof(pg_uuid_t));
+		return;
+	}
+	memcpy(out, tenancy_context_current(), sizeof(pg_uuid_t));
+	if (!tenancy_tenant_try_resolve(arg, &tenant) ||
+		memcmp(tenant.id.data, out->data, UUID_LEN) != 0)
+		raise_other_tenant();
+}
+
+/* A validated resource argument; 22023 otherwise. */
+static char *
+resource_arg(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *resource;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: resource must not be null"),
+				 errhint("Pass a resource name such as 'api_calls'.")));
+	resource = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	if (!tenancy_usage_resource_ok(resource))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: resource name must be 1 to %d bytes long", TENANCY_RESOURCE_MAXLEN),
+				 errdetail("The name has %zu bytes.", strlen(resource)),
+				 errhint("Pass a resource name such as 'api_calls'.")));
+	return resource;
+}
+
+/*
+ * SQL: tenancy.record_usage(resource text, amount bigint DEFAULT 1,
+ * tenant text DEFAULT NULL).  Transactional; cheap: it only adds to a
+ * backend-local sum, written once at commit.
+ */
+Datum
+tenancy_record_usage(PG_FUNCTION_ARGS)
+{
+	char	   *resource = resource_arg(fcinfo, 0);
+	int64		amount;
+	pg_uuid_t	tenant;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: amount must not be null"),
+				 errhint("Omit it to record 1.")));
+	amount = PG_GETARG_INT64(1);
+	if (amount < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: amount must not be negative"),
+				 errdetail("The amount is " INT64_FORMAT ".", amount),
+				 errhint("Usage only grows; record 0 or more.")));
+	tenant_arg_or_context(fcinfo, 2, &tenant);
+	if (amount > 0)
+		pending_add(&tenant, resource, GetCurrentTransactionNestLevel(), amount, true);
+	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: tenancy._usage_record_carried(tenant uuid, resource text, amount
+ * bigint): record as the denial meters do (surviving a rollback).
+ * Internal, for tests; not granted to anyone.
+ */
+Datum
+tenancy_usage_record_carried(PG_FUNCTION_ARGS)
+{
+	char	   *resource = resource_arg(fcinfo, 1);
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(2))
+		PG_RETURN_VOID();
+	require_shmem();
+	tenancy_usage_record(PG_GETARG_UUID_P(0), resource, PG_GETARG_INT64(2), true);
+	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: tenancy._usage_flush(): write this backend's pending and carried
+ * records now, in the current transaction (top level only).  Internal:
+ * rollup_usage() calls it.
+ */
+Datum
+tenancy_usage_flush(PG_FUNCTION_ARGS)
+{
+	usage_flush();
+	PG_RETURN_VOID();
+}
+
+/* Set up a materialized SRF result; returns the tuplestore. */
+static Tuplestorestate *
+materialize_srf(FunctionCallInfo fcinfo, TupleDesc *tupdesc)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext oldcontext;
+	Tuplestorestate *tupstore;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		!(rsinfo->allowedModes & SFRM_Materialize))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("tenancy: set-valued function called in context that cannot accept a set")));
+	oldcontext = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	if (get_call_result_type(fcinfo, NULL, tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	*tupdesc = CreateTupleDescCopy(*tupdesc);
+	tupstore = tuplestore_begin_heap(true, false, work_mem);
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = tupstore;
+	rsinfo->setDesc = *tupdesc;
+	MemoryContextSwitchTo(oldcontext);
+	return tupstore;
+}
+
+/*
+ * A session bound by an API key reads its usage only with the key's
+ * `admin` permission (SPEC section 5).  Read as the owner of api_keys.
+ */
+static void
+require_key_admin_for_usage(void)
+{
+	pg_uuid_t	bound_tenant;
+	pg_uuid_t	key;
+	Oid			relid;
+	Oid			save_userid;
+	int			save_sec;
+	Oid			argtypes[1] = {UUIDOID};
+	Datum		args[1];
+	bool		allowed = false;
+
+	if (tenancy_context_is_admin() || !tenancy_context_binding(&bound_tenant, &key))
+		return;
+	relid = usage_relid("api_keys");
+	if (OidIsValid(relid))
+	{
+		GetUserIdAndSecContext(&save_userid, &save_sec);
+		SetUserIdAndSecContext(rel_owner(relid), save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		args[0] = UUIDPGetDatum(&key);
+		if (SPI_execute_with_args("SELECT 1 FROM tenancy.api_keys "
+								  "WHERE id OPERATOR(pg_catalog.=) $1 "
+								  "AND 'admin' OPERATOR(pg_catalog.=) ANY (permissions)",
+								  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "tenancy: reading the key's permissions failed");
+		allowed = SPI_processed > 0;
+		SPI_finish();
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	if (!allowed)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("tenancy: permission denied to read usage"),
+				 errdetail("The API key this session is bound to does not have the admin permission."),
+				 errhint("Authenticate with a key that has the admin permission.")));
+}
+
+/*
+ * SQL: tenancy.usage(tenant text, since timestamptz, until timestamptz,
+ * granularity text DEFAULT 'day') RETURNS TABLE(period_start timestamptz,
+ * resource text, amount bigint).
+ *
+ * The periods (UTC) whose start lies in [date_trunc(granularity, since),
+ * until), from the rollups plus the events not yet folded, so the answer
+ * does not depend on when rollup_usage() last ran.  NULL since or until:
+ * unbounded.  This backend's own records are written first (at top level),
+ * so they are included.
+ */
+Datum
+tenancy_usage(PG_FUNCTION_ARGS)
+{
+	char	   *granularity;
+	pg_uuid_t	tenant;
+	TupleDesc	tupdesc;
+	Tuplestorestate *tupstore;
+	Oid			relid;
+	Oid			save_userid;
+	int			save_sec;
+	int			save_nestlevel;
+	Oid			argtypes[4] = {UUIDOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Datum		args[4];
+	uint64		i;
+
+	if (PG_ARGISNULL(3))
+		granularity = "day";
+	else
+		granularity = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	if (strcmp(granularity, "hour") != 0 && strcmp(granularity, "day") != 0 &&
+		strcmp(granularity, "month") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: invalid granularity \"%s\"", granularity),
+				 errhint("Use hour, day or month.")));
+
+	tenant_arg_or_context(fcinfo, 0, &tenant);
+	require_key_admin_for_usage();
+
+	tupstore = materialize_srf(fcinfo, &tupdesc);
+
+	usage_flush();
+	relid = usage_relid("usage_events");
+	if (!OidIsValid(relid))
+		elog(ERROR, "tenancy: relation tenancy.usage_events is missing");
+
+	args[0] = UUIDPGetDatum(&tenant);
+	args[1] = CStringGetTextDatum(granularity);
+	args[2] = PG_ARGISNULL(1) ? DirectFunctionCall1(timestamptz_in, CStringGetDatum("-infinity"))
+		: PG_GETARG_DATUM(1);
+	args[3] = PG_ARGISNULL(2) ? DirectFunctionCall1(timestamptz_in, CStringGetDatum("infinity"))
+		: PG_GETARG_DATUM(2);
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(rel_owner(relid), save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	/* Not read-only: a new snapshot, which sees what usage_flush() wrote. */
+	if (SPI_execute_with_args(
+							  "WITH b AS (SELECT date_trunc($2, $3, 'UTC') AS lo, $4 AS hi) "
+							  "SELECT s.period_start, s.resource, sum(s.amount)::bigint "
+							  "  FROM (SELECT r.period_start, r.resource, r.amount "
+							  "          FROM tenancy.usage_rollups r, b "
+							  "         WHERE r.tenant_id = $1 AND r.granularity = $2 "
+							  "           AND r.period_start >= b.lo AND r.period_start < b.hi "
+							  "        UNION ALL "
+							  "        SELECT date_trunc($2, e.at, 'UTC'), e.resource, e.amount "
+							  "          FROM tenancy.usage_events e, b "
+							  "         WHERE e.tenant_id = $1 AND e.at >= b.lo "
+							  "           AND date_trunc($2, e.at, 'UTC') < b.hi) s "
+							  " GROUP BY 1, 2 ORDER BY 1, 2",
+							  4, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "tenancy: reading usage failed");
+
+	for (i = 0; i < SPI_processed; i++)
+	{
+		Datum		values[3];
+		bool		nulls[3];
+		int			c;
+
+		for (c = 0; c < 3; c++)
+			values[c] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, c + 1, &nulls[c]);
+		tuplestore_putvalues(tupstore, tupdesc, values, nulls);
+	}
+	SPI_finish();
+	AtEOXact_GUC(true, save_nestlevel);
+	SetUserIdAndSecContext(save_userid, save_sec);
+	return (Datum) 0;
+}
+
+/*
+ * SQL: tenancy._usage_counters() RETURNS TABLE(resource text, amount
+ * bigint): the shared counters of rollback-surviving records since the
+ * server started, for tenancy.stats.
+ */
+Datum
+tenancy_usage_counters(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Tuplestorestate *tupstore;
+	HASH_SEQ_STATUS status;
+	UsageCounter *entry;
+
+	require_shmem();
+	tupstore = materialize_srf(fcinfo, &tupdesc);
+	LWLockAcquire(&usage_shared->lock, LW_SHARED);
+	hash_seq_init(&status, usage_counters);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+		int64		amount;
+
+		SpinLockAcquire(&entry->mutex);
+		amount = entry->amount;
+		SpinLockRelease(&entry->mutex);
+		values[0] = CStringGetTextDatum(entry->key.resource);
+		values[1] = Int64GetDatum(amount);
+		tuplestore_putvalues(tupstore, tupdesc, values, nulls);
+	}
+	LWLockRelease(&usage_shared->lock);
+	return (Datum) 0;
+}
+
+/*
+ * Trigger function of tenancy.audit_log: BEFORE UPDATE OR DELETE FOR EACH
+ * ROW and BEFORE TRUNCATE.  Refuses everything but the DELETE of the
+ * retention purge.
+ */
+Datum
+tenancy_audit_guard(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("tenancy: audit guard not called by trigger manager")));
+	if (!TRIGGER_FIRED_BEFORE(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("tenancy: audit guard must be fired before the event")));
+
+	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event) &&
+		TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) && audit_purge_allowed)
+		return PointerGetDatum(trigdata->tg_trigtuple);
+
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("tenancy: the audit log is append-only"),
+			 errdetail("UPDATE, DELETE and TRUNCATE of tenancy.audit_log are refused; only the retention purge of tenancy.run_maintenance() removes rows."),
+			 errhint("Set tenancy.audit_retention to choose how long rows are kept.")));
+	PG_RETURN_NULL();			/* keep compiler quiet */
+}
+
+/*
+ * SQL: tenancy._audit_purge(before timestamptz) RETURNS bigint: delete the
+ * audit rows older than `before`, the only DELETE the guard lets through.
+ * Internal: run_maintenance() calls it; not granted to anyone.
+ */
+Datum
+tenancy_audit_purge(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[1] = {TIMESTAMPTZOID};
+	Datum		args[1];
+	uint64		deleted;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_INT64(0);
+	args[0] = PG_GETARG_DATUM(0);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	audit_purge_allowed = true;
+	PG_TRY();
+	{
+		if (SPI_execute_with_args("DELETE FROM tenancy.audit_log "
+								  "WHERE at OPERATOR(pg_catalog.<) $1",
+								  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "tenancy: purging the audit log failed");
+	}
+	PG_FINALLY();
+	{
+		audit_purge_allowed = false;
+	}
+	PG_END_TRY();
+	deleted = SPI_processed;
+	SPI_finish();
+	PG_RETURN_INT64((int64) deleted);
 }

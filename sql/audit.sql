@@ -1,0 +1,174 @@
+-- The audit log (append-only, retention), run_maintenance (expiry, purge),
+-- schedule_maintenance with pg_cron, and tenancy.stats.
+SET client_min_messages = warning;
+SET TimeZone = 'UTC';
+SET DateStyle = 'ISO, YMD';
+\set SHOW_CONTEXT never
+
+CREATE FUNCTION pg_temp.err(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE sql;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END
+$$;
+
+CREATE ROLE regress_audit_plain;
+CREATE ROLE regress_audit_admin IN ROLE tenancy_admin;
+CREATE ROLE regress_audit_monitor IN ROLE pg_monitor;
+GRANT CREATE ON SCHEMA public TO regress_audit_admin;
+
+-- Every administrative change leaves one row, with the login as actor.
+SELECT coalesce(max(id), 0) AS start_id FROM tenancy.audit_log \gset
+SET ROLE regress_audit_admin;
+SELECT tenancy.create_tenant('audit-a', plan => 'pro') IS NOT NULL;
+SELECT tenancy.update_tenant('audit-a', name => 'Audit A');
+SELECT tenancy.suspend_tenant('audit-a', 'unpaid');
+SELECT tenancy.activate_tenant('audit-a');
+SELECT tenancy.delete_tenant('audit-a');
+SELECT tenancy.purge_tenant('audit-a');
+CREATE TABLE public.audit_items (id int, tenant_id uuid);
+SELECT tenancy.protect('public.audit_items');
+SELECT tenancy.unprotect('public.audit_items');
+DROP TABLE public.audit_items;
+RESET ROLE;
+SELECT action, target, actor = session_user AS by_login, details
+  FROM tenancy.audit_log WHERE id > :start_id ORDER BY id;
+
+-- Append-only: UPDATE, DELETE and TRUNCATE fail, for superusers too and
+-- with replication triggers off.
+SELECT pg_temp.err($$UPDATE tenancy.audit_log SET actor = 'someone else'$$);
+SELECT pg_temp.err($$DELETE FROM tenancy.audit_log$$);
+SELECT pg_temp.err($$TRUNCATE tenancy.audit_log$$);
+SET session_replication_role = replica;
+SELECT pg_temp.err($$DELETE FROM tenancy.audit_log$$);
+RESET session_replication_role;
+\set VERBOSITY default
+DELETE FROM tenancy.audit_log WHERE action = 'tenant.create';
+\set VERBOSITY terse
+-- Nobody but superusers and tenancy_admin reads it; the purge function is
+-- no one's to call.
+SET ROLE regress_audit_plain;
+SELECT pg_temp.err($$SELECT count(*) FROM tenancy.audit_log$$);
+RESET ROLE;
+SET ROLE regress_audit_admin;
+SELECT pg_temp.err($$SELECT count(*) > 0 FROM tenancy.audit_log$$);
+SELECT pg_temp.err($$SELECT tenancy._audit_purge(now())$$);
+SELECT pg_temp.err($$INSERT INTO tenancy.audit_log (action) VALUES ('forged')$$);
+RESET ROLE;
+
+-- Retention: run_maintenance deletes rows older than
+-- tenancy.audit_retention, and says so in the log.
+INSERT INTO tenancy.audit_log (at, action, target) VALUES
+    (now() - interval '100 days', 'old.action', 'old'),
+    (now() - interval '10 days', 'recent.action', 'recent');
+SET tenancy.audit_retention = '';
+SELECT tenancy.run_maintenance();
+SELECT action FROM tenancy.audit_log WHERE action IN ('old.action', 'recent.action') ORDER BY 1;
+SET tenancy.audit_retention = '30 days';
+SELECT tenancy.run_maintenance();
+SELECT action FROM tenancy.audit_log WHERE action IN ('old.action', 'recent.action') ORDER BY 1;
+SELECT action, details ? 'before' AS has_cutoff, (details ->> 'rows')::int >= 1 AS deleted_some
+  FROM tenancy.audit_log WHERE action = 'audit.purge';
+RESET tenancy.audit_retention;
+SELECT pg_temp.err($$SET tenancy.audit_retention = 'forever'$$);
+SELECT pg_temp.err($$SET tenancy.purge_after = '3 fortnights'$$);
+
+-- Expiry: an active tenant past expires_at is expired (stats, status) and
+-- run_maintenance records that once.
+SELECT tenancy.create_tenant('audit-exp', expires_at => now() - interval '1 minute') IS NOT NULL;
+SELECT tenancy.tenant_status('audit-exp');
+SELECT tenancy.run_maintenance();
+SELECT tenancy.run_maintenance();
+SELECT action, target FROM tenancy.audit_log
+ WHERE tenant_id = tenancy.tenant_id('audit-exp') ORDER BY id;
+SELECT status FROM tenancy.tenants WHERE slug = 'audit-exp';
+-- Extended, then expired again: recorded again.
+SELECT tenancy.update_tenant('audit-exp', expires_at => now() - interval '10 seconds');
+SELECT tenancy.run_maintenance();
+SELECT count(*) AS expiries FROM tenancy.audit_log
+ WHERE tenant_id = tenancy.tenant_id('audit-exp') AND action = 'tenant.expire';
+
+-- Purge of deleted tenants after tenancy.purge_after ('' = never).
+SELECT tenancy.create_tenant('audit-del') IS NOT NULL;
+SELECT tenancy.record_usage('calls', 5, 'audit-del');
+SELECT tenancy.delete_tenant('audit-del');
+SET tenancy.purge_after = '';
+SELECT tenancy.run_maintenance();
+SELECT count(*) AS still_there FROM tenancy.tenants WHERE slug = 'audit-del';
+SET tenancy.purge_after = '30 days';
+SELECT tenancy.run_maintenance();
+SELECT count(*) AS still_there FROM tenancy.tenants WHERE slug = 'audit-del';
+SET tenancy.purge_after = '0 seconds';
+SELECT tenancy.run_maintenance();
+SELECT count(*) AS still_there FROM tenancy.tenants WHERE slug = 'audit-del';
+SELECT action, target FROM tenancy.audit_log
+ WHERE target = 'audit-del' OR details ->> 'slug' = 'audit-del' ORDER BY id;
+RESET tenancy.purge_after;
+SELECT last_run IS NOT NULL AS ran, last_result ? 'events_folded' AS folded
+  FROM tenancy.maintenance_state;
+SET ROLE regress_audit_plain;
+SELECT pg_temp.err($$SELECT tenancy.run_maintenance()$$);
+RESET ROLE;
+
+-- schedule_maintenance: 55000 with a HINT while pg_cron is missing.
+\set VERBOSITY default
+SELECT tenancy.schedule_maintenance();
+\set VERBOSITY terse
+SELECT tenancy.unschedule_maintenance();
+-- With pg_cron (cron.database_name is this database in the tests): one
+-- job, whatever the number of calls; a new schedule replaces the old.
+CREATE EXTENSION pg_cron;
+SET ROLE regress_audit_admin;
+SELECT tenancy.schedule_maintenance();
+SELECT tenancy.schedule_maintenance();
+RESET ROLE;
+SELECT jobname, schedule, command, database = current_database() AS here FROM cron.job;
+SELECT tenancy.schedule_maintenance('*/5 * * * *');
+SELECT jobname, schedule FROM cron.job;
+SELECT pg_temp.err($$SELECT tenancy.schedule_maintenance('every day')$$);
+SELECT pg_temp.err($$SELECT tenancy.schedule_maintenance(NULL)$$);
+SELECT jobname, schedule FROM cron.job;
+SELECT tenancy.unschedule_maintenance();
+SELECT count(*) AS jobs FROM cron.job;
+SELECT tenancy.unschedule_maintenance();
+SELECT action, details FROM tenancy.audit_log WHERE action LIKE 'maintenance.%' ORDER BY id;
+DROP EXTENSION pg_cron;
+
+-- tenancy.stats: effective statuses, denials (which survive rollbacks).
+SELECT tenancy.create_tenant('audit-s1') IS NOT NULL, tenancy.create_tenant('audit-s2') IS NOT NULL;
+SELECT tenancy.suspend_tenant('audit-s2');
+BEGIN;
+SELECT tenancy._usage_record_carried(tenancy.tenant_id('audit-s1'), 'quota_denied:rows:public.t', 2);
+SELECT tenancy._usage_record_carried(tenancy.tenant_id('audit-s1'), 'rate_limited:api', 3);
+SELECT tenancy._usage_record_carried(tenancy.tenant_id('audit-s1'), 'other', 3);
+ROLLBACK;
+-- (The shared counters count for the whole server: look at this test's.)
+SELECT metric, labels, value FROM tenancy.stats
+ WHERE metric IN ('tenancy_tenants', 'tenancy_api_keys_active')
+    OR labels ->> 'resource' IN ('rows:public.t', 'api', 'other')
+ ORDER BY 1, 2::text COLLATE "C";
+SELECT value > 1.7e9 AS plausible FROM tenancy.stats
+ WHERE metric = 'tenancy_maintenance_last_run_timestamp_seconds';
+-- Readable by tenancy_admin and pg_monitor, not by others.
+SET ROLE regress_audit_monitor;
+SELECT count(*) > 0 AS monitor_reads FROM tenancy.stats;
+SET ROLE regress_audit_admin;
+SELECT count(*) > 0 AS admin_reads FROM tenancy.stats;
+SET ROLE regress_audit_plain;
+SELECT pg_temp.err($$SELECT * FROM tenancy.stats$$);
+SELECT pg_temp.err($$SELECT * FROM tenancy._usage_counters()$$);
+RESET ROLE;
+
+-- The usage tables and the audit log are dumped by pg_dump.
+SELECT c::regclass AS dumped FROM pg_extension, unnest(extconfig) c
+ WHERE extname = 'tenancy'
+   AND c::regclass::text IN ('tenancy.usage_events', 'tenancy.usage_rollups', 'tenancy.audit_log')
+ ORDER BY 1::text;
+
+RESET client_min_messages;
+REVOKE CREATE ON SCHEMA public FROM regress_audit_admin;
+DROP ROLE regress_audit_plain;
+DROP ROLE regress_audit_admin;
+DROP ROLE regress_audit_monitor;

@@ -1,0 +1,237 @@
+-- Usage metering: record_usage, usage, rollup_usage, the carried (rollback-
+-- surviving) records, privileges.
+SET client_min_messages = warning;
+SET TimeZone = 'UTC';
+SET DateStyle = 'ISO, YMD';
+\set SHOW_CONTEXT never
+
+-- err(sql): run a statement and show its SQLSTATE and message.
+CREATE FUNCTION pg_temp.err(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE sql;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END
+$$;
+
+-- events(tenant): the raw, not yet folded rows of a tenant.
+CREATE FUNCTION pg_temp.events(t text) RETURNS TABLE (resource text, amount bigint)
+LANGUAGE sql AS $$
+    SELECT e.resource, e.amount FROM tenancy.usage_events e
+     WHERE e.tenant_id = tenancy.tenant_id(t) ORDER BY 1, 2;
+$$;
+
+CREATE ROLE regress_usage_plain;
+CREATE ROLE regress_usage_admin IN ROLE tenancy_admin;
+SELECT tenancy.create_tenant('usage-a') IS NOT NULL AS a,
+       tenancy.create_tenant('usage-b') IS NOT NULL AS b,
+       tenancy.create_tenant('usage-c') IS NOT NULL AS c;
+
+-- Argument checks: 22023.
+SELECT pg_temp.err($$SELECT tenancy.record_usage(NULL, 1, 'usage-a')$$);
+SELECT pg_temp.err($$SELECT tenancy.record_usage('', 1, 'usage-a')$$);
+SELECT pg_temp.err($$SELECT tenancy.record_usage(repeat('r', 256), 1, 'usage-a')$$);
+SELECT pg_temp.err($$SELECT tenancy.record_usage(repeat('r', 255), 1, 'usage-a')$$);
+SELECT pg_temp.err($$SELECT tenancy.record_usage('api', -1, 'usage-a')$$);
+SELECT pg_temp.err($$SELECT tenancy.record_usage('api', NULL, 'usage-a')$$);
+SELECT pg_temp.err($$SELECT tenancy.record_usage('api', 1, 'no-such-tenant')$$);
+SELECT pg_temp.err($$SELECT * FROM tenancy.usage('usage-a', NULL, NULL, 'week')$$);
+-- Nothing of the above was recorded but the valid 255-byte name.
+SELECT length(resource), amount FROM pg_temp.events('usage-a');
+
+-- One transaction's sum must fit a bigint: 22003, and nothing is written.
+SELECT pg_temp.err($$SELECT tenancy.record_usage('big', 9223372036854775807, 'usage-a'), tenancy.record_usage('big', 1, 'usage-a')$$);
+SELECT count(*) AS big FROM pg_temp.events('usage-a') WHERE resource = 'big';
+
+-- No context, no tenant argument: TN001.
+SET app.tenant_id = '';
+SELECT pg_temp.err($$SELECT tenancy.record_usage('api')$$);
+
+-- 100,000 calls in one transaction write one row.
+BEGIN;
+SELECT count(tenancy.record_usage('calls', 1, 'usage-a')) FROM generate_series(1, 100000);
+SELECT count(*) AS written_before_commit FROM tenancy.usage_events
+ WHERE resource = 'calls';
+COMMIT;
+SELECT * FROM pg_temp.events('usage-a') WHERE resource = 'calls';
+
+-- A rolled-back transaction records nothing; amount 0 records nothing.
+BEGIN;
+SELECT tenancy.record_usage('calls', 7, 'usage-a');
+ROLLBACK;
+SELECT tenancy.record_usage('zero', 0, 'usage-a');
+SELECT * FROM pg_temp.events('usage-a') WHERE resource IN ('calls', 'zero');
+
+-- Subtransactions: an aborted one drops what it recorded, a committed one
+-- keeps it, nested levels merge into their parents.
+DO $$
+BEGIN
+    PERFORM tenancy.record_usage('sub', 1, 'usage-b');
+    BEGIN
+        PERFORM tenancy.record_usage('sub', 10, 'usage-b');
+        PERFORM tenancy.record_usage('sub-only-aborted', 10, 'usage-b');
+        RAISE EXCEPTION 'roll back this block';
+    EXCEPTION WHEN raise_exception THEN NULL;
+    END;
+    BEGIN
+        PERFORM tenancy.record_usage('sub', 100, 'usage-b');
+        BEGIN
+            PERFORM tenancy.record_usage('sub', 1000, 'usage-b');
+        EXCEPTION WHEN OTHERS THEN NULL;
+        END;
+        BEGIN
+            PERFORM tenancy.record_usage('sub', 10000, 'usage-b');
+            PERFORM 1 / 0;
+        EXCEPTION WHEN division_by_zero THEN NULL;
+        END;
+    EXCEPTION WHEN OTHERS THEN NULL;
+    END;
+END
+$$;
+SELECT * FROM pg_temp.events('usage-b');
+
+-- SAVEPOINT / ROLLBACK TO as well.
+BEGIN;
+SELECT tenancy.record_usage('savepoint', 1, 'usage-b');
+SAVEPOINT s1;
+SELECT tenancy.record_usage('savepoint', 20, 'usage-b');
+ROLLBACK TO SAVEPOINT s1;
+SAVEPOINT s2;
+SELECT tenancy.record_usage('savepoint', 300, 'usage-b');
+RELEASE SAVEPOINT s2;
+COMMIT;
+SELECT * FROM pg_temp.events('usage-b') WHERE resource = 'savepoint';
+
+-- A read-only transaction cannot write: its records are written by the
+-- session's next read-write commit.
+BEGIN READ ONLY;
+SELECT tenancy.record_usage('read-only', 5, 'usage-b');
+COMMIT;
+SELECT count(*) AS after_read_only FROM pg_temp.events('usage-b') WHERE resource = 'read-only';
+SELECT 1 AS any_read_write_transaction;
+SELECT * FROM pg_temp.events('usage-b') WHERE resource = 'read-only';
+
+-- Records that survive the rollback of their transaction (denial meters).
+BEGIN;
+SELECT tenancy._usage_record_carried(tenancy.tenant_id('usage-b'), 'quota_denied:calls', 1);
+SELECT tenancy._usage_record_carried(tenancy.tenant_id('usage-b'), 'quota_denied:calls', 2);
+ROLLBACK;
+-- usage() writes them first, so they are there at once.
+SELECT resource, amount FROM tenancy.usage('usage-b', NULL, NULL) WHERE resource LIKE 'quota%';
+-- A transaction that wrote them and rolled back carries them on.
+BEGIN;
+SELECT tenancy._usage_record_carried(tenancy.tenant_id('usage-b'), 'rate_limited:calls', 4);
+SELECT resource, amount FROM tenancy.usage('usage-b', NULL, NULL) WHERE resource LIKE 'rate%';
+ROLLBACK;
+SELECT * FROM pg_temp.events('usage-b') WHERE resource LIKE 'rate%';
+SELECT 1 AS next_commit;
+SELECT * FROM pg_temp.events('usage-b') WHERE resource LIKE 'rate%';
+
+-- usage(): periods in UTC, rollups and unfolded events alike.  Events at
+-- fixed times for tenant usage-c.
+INSERT INTO tenancy.usage_events (tenant_id, resource, at, amount)
+SELECT tenancy.tenant_id('usage-c'), r, at::timestamptz, n
+  FROM (VALUES ('req', '2024-01-31 22:10+00', 1),
+               ('req', '2024-01-31 23:50+00', 2),
+               ('req', '2024-02-01 00:05+00', 4),
+               ('req', '2024-02-01 00:55+00', 8),
+               ('req', '2024-02-02 12:00+00', 16),
+               ('bytes', '2024-02-01 00:30+00', 1000)) AS v (r, at, n);
+
+CREATE TEMP TABLE before_rollup AS
+SELECT g, u.* FROM unnest(ARRAY['hour', 'day', 'month']) g,
+       LATERAL tenancy.usage('usage-c', '2024-01-31 23:00+00', '2024-02-02 00:00+00', g) u;
+SELECT * FROM before_rollup ORDER BY 1, 2, 3;
+-- The granularity defaults to day; NULL bounds are open.
+SELECT * FROM tenancy.usage('usage-c', NULL, NULL);
+SELECT * FROM tenancy.usage('usage-c', '2024-02-01 00:00+00', '2024-02-01 00:00+00', 'hour');
+
+-- rollup_usage() folds every event once and returns how many it folded.
+SELECT tenancy.rollup_usage() > 0 AS folded_some;
+SELECT count(*) AS left_unfolded FROM tenancy.usage_events;
+SELECT tenancy.rollup_usage() AS folded_again;
+SELECT granularity, period_start, resource, amount FROM tenancy.usage_rollups
+ WHERE tenant_id = tenancy.tenant_id('usage-c') ORDER BY 1, 2, 3;
+-- The same answer as before the rollup.
+SELECT g, u.* FROM unnest(ARRAY['hour', 'day', 'month']) g,
+       LATERAL tenancy.usage('usage-c', '2024-01-31 23:00+00', '2024-02-02 00:00+00', g) u
+EXCEPT
+SELECT * FROM before_rollup;
+SELECT count(*) FROM before_rollup;
+
+-- New events for a folded period add to its rollup, and usage() sums both.
+INSERT INTO tenancy.usage_events (tenant_id, resource, at, amount)
+VALUES (tenancy.tenant_id('usage-c'), 'req', '2024-02-01 00:10+00', 32);
+SELECT * FROM tenancy.usage('usage-c', '2024-02-01', '2024-02-02', 'day');
+SELECT tenancy.rollup_usage() AS folded;
+SELECT * FROM tenancy.usage('usage-c', '2024-02-01', '2024-02-02', 'day');
+SELECT amount FROM tenancy.usage_rollups
+ WHERE tenant_id = tenancy.tenant_id('usage-c') AND granularity = 'hour'
+   AND period_start = '2024-02-01 00:00+00' AND resource = 'req';
+
+-- Tenant sessions: their own usage only, with or without naming it.
+SET app.tenant_id = '';
+SELECT set_config('app.tenant_id', tenancy.tenant_id('usage-a')::text, false) IS NOT NULL AS context_set;
+SET ROLE regress_usage_plain;
+SELECT tenancy.record_usage('own', 2);
+SELECT tenancy.record_usage('own', 3, 'usage-a');
+SELECT resource, amount FROM tenancy.usage(NULL, NULL, NULL) WHERE resource = 'own';
+SELECT resource, amount FROM tenancy.usage('usage-a', NULL, NULL) WHERE resource = 'own';
+-- Another tenant, existing or not: the same 42501.
+SELECT pg_temp.err($$SELECT tenancy.record_usage('own', 1, 'usage-b')$$);
+SELECT pg_temp.err($$SELECT tenancy.record_usage('own', 1, 'no-such-tenant')$$);
+SELECT pg_temp.err($$SELECT * FROM tenancy.usage('usage-b', NULL, NULL)$$);
+SELECT pg_temp.err($$SELECT * FROM tenancy.usage('no-such-tenant', NULL, NULL)$$);
+-- Administration and the raw tables are not theirs.
+SELECT pg_temp.err($$SELECT tenancy.rollup_usage()$$);
+SELECT pg_temp.err($$SELECT * FROM tenancy.usage_events$$);
+SELECT pg_temp.err($$SELECT * FROM tenancy.usage_rollups$$);
+SELECT pg_temp.err($$SELECT tenancy._usage_record_carried(tenancy.current_tenant_id(), 'x', 1)$$);
+RESET ROLE;
+-- A session bound by an API key reads its usage only with the admin
+-- permission (the binding is set by hand here, as authenticate() would).
+INSERT INTO tenancy.api_keys (id, tenant_id, name, prefix, key_hash, permissions) VALUES
+    ('00000000-0000-4000-8000-00000000000a', tenancy.tenant_id('usage-a'), 'reader', 'tk_Reader00',
+     sha256('regress reader key'), '{read}'),
+    ('00000000-0000-4000-8000-00000000000b', tenancy.tenant_id('usage-a'), 'admin', 'tk_Admin000',
+     sha256('regress admin key'), '{read,admin}');
+SELECT set_config('tenancy.session_binding',
+                  tenancy.tenant_id('usage-a') || ':00000000-0000-4000-8000-00000000000a', false) IS NOT NULL AS bound;
+SET ROLE regress_usage_plain;
+SELECT pg_temp.err($$SELECT * FROM tenancy.usage(NULL, NULL, NULL)$$);
+SELECT tenancy.record_usage('bound', 1);
+RESET ROLE;
+SELECT set_config('tenancy.session_binding',
+                  tenancy.tenant_id('usage-a') || ':00000000-0000-4000-8000-00000000000b', false) IS NOT NULL AS bound;
+SET ROLE regress_usage_plain;
+SELECT resource, amount FROM tenancy.usage(NULL, NULL, NULL) WHERE resource = 'bound';
+RESET ROLE;
+SET tenancy.session_binding = '';
+DELETE FROM tenancy.api_keys WHERE tenant_id = tenancy.tenant_id('usage-a');
+SET app.tenant_id = '';
+
+-- A suspended tenant's session records nothing (TN003); an admin still can.
+SELECT tenancy.suspend_tenant('usage-b');
+SELECT set_config('app.tenant_id', tenancy.tenant_id('usage-b')::text, false) IS NOT NULL AS context_set;
+SELECT pg_temp.err($$SELECT tenancy.record_usage('after-suspend')$$);
+SET app.tenant_id = '';
+SET ROLE regress_usage_admin;
+SELECT tenancy.record_usage('after-suspend', 1, 'usage-b');
+SELECT tenancy.rollup_usage() >= 1 AS admin_may_roll_up;
+SELECT resource, amount FROM tenancy.usage('usage-b', NULL, NULL) WHERE resource = 'after-suspend';
+RESET ROLE;
+
+-- Purging a tenant removes its usage.
+SELECT tenancy.delete_tenant('usage-c');
+SELECT tenancy.purge_tenant('usage-c');
+SELECT count(*) AS rollups_left FROM tenancy.usage_rollups r
+ WHERE NOT EXISTS (SELECT FROM tenancy.tenants t WHERE t.id = r.tenant_id);
+
+-- Leave no tenants behind for later tests.
+SELECT tenancy.delete_tenant(t), tenancy.purge_tenant(t) FROM unnest(ARRAY['usage-a', 'usage-b']) t;
+SELECT count(*) AS usage_rows_left FROM tenancy.usage_rollups;
+
+RESET client_min_messages;
+DROP ROLE regress_usage_plain;
+DROP ROLE regress_usage_admin;
