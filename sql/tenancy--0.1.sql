@@ -898,8 +898,7 @@ BEGIN
     PERFORM tenancy._check_key_grants(perms, key_scopes);
     IF key_expires IS NOT NULL AND key_expires OPERATOR(pg_catalog.<=) now() THEN
         RAISE EXCEPTION 'tenancy: expires_at must be in the future'
-            USING ERRCODE = '22023', DETAIL = format('It is %s.', key_expires),
-                  HINT = 'Pass a later time, or NULL for a key that does not expire.';
+            USING ERRCODE = '22023', HINT = 'Pass a later time, or NULL for a key that does not expire.';
     END IF;
     SELECT t.status INTO st FROM tenancy.tenants t WHERE t.id OPERATOR(pg_catalog.=) tid;
     IF st OPERATOR(pg_catalog.=) 'deleted' THEN
