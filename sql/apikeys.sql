@@ -142,8 +142,15 @@ SELECT id AS k_rot2_id FROM tenancy.api_keys WHERE name = 'rotating' AND expires
 SELECT tenancy.rotate_api_key(:'k_rot2_id') AS k_rot3 \gset
 SELECT v.what, (SELECT count(*) FROM tenancy.verify_api_key(v.k)) AS rows
   FROM (VALUES ('rotated without grace', :'k_rot2'), ('its rotation', :'k_rot3')) AS v(what, k);
+-- without grace the old key is revoked at once (it stops counting against
+-- the api_keys quota); with grace it is only set to expire
+SELECT id = :'k_rot2_id' AS without_grace, revoked_at IS NOT NULL AS revoked,
+       expires_at <= now() AS expired
+  FROM tenancy.api_keys WHERE name = 'rotating' AND expires_at IS NOT NULL ORDER BY 1;
 SELECT tenancy.rotate_api_key(:'k_rev_id');
 SELECT tenancy.rotate_api_key(:'k_rot2_id');
+SELECT id AS k_exp_id FROM tenancy.api_keys WHERE name = 'expiring' \gset
+SELECT tenancy.rotate_api_key(:'k_exp_id');
 SELECT tenancy.rotate_api_key(:'k_rot2_id', '-1 hour');
 SELECT tenancy.rotate_api_key('00000000-0000-0000-0000-000000000000');
 SELECT tenancy.revoke_api_key(NULL);

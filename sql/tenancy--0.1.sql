@@ -963,11 +963,13 @@ BEGIN
         RAISE EXCEPTION 'tenancy: API key has expired'
             USING ERRCODE = '55000', HINT = 'Create a new key with tenancy.create_api_key().';
     END IF;
+    -- Without grace the old key ends now: it is revoked as well, so that it
+    -- stops counting against the api_keys quota (unrevoked keys) and the
+    -- rotation needs no room.  With grace it counts until revoked.
     UPDATE tenancy.api_keys
-       SET expires_at = LEAST(coalesce(expires_at, 'infinity'), now() OPERATOR(pg_catalog.+) grace)
+       SET expires_at = LEAST(coalesce(expires_at, 'infinity'), now() OPERATOR(pg_catalog.+) grace),
+           revoked_at = CASE WHEN grace OPERATOR(pg_catalog.=) '0'::interval THEN now() END
      WHERE id OPERATOR(pg_catalog.=) kid;
-    -- The old key stops counting against the quota once it has expired, so
-    -- a rotation without grace needs no room.
     RETURN tenancy._api_key_create(k.tenant_id, k.name, k.permissions, k.scopes, k.expires_at,
                                    key_prefix, hash, kid, grace OPERATOR(pg_catalog.>) '0'::interval);
 END
