@@ -620,9 +620,9 @@ forget_pending_flushes(void)
 
 /*
  * A key was used: write last_used_at when what is stored is a minute old
- * or more.  Never in a read-only transaction, on a standby or in parallel
- * mode; never waits for a row lock (SKIP LOCKED: another session is
- * writing it).
+ * or more.  Never in a read-only, repeatable read or serializable
+ * transaction, on a standby or in parallel mode; never waits for a row
+ * lock (SKIP LOCKED: another session is writing it).
  */
 static void
 key_touch(const KeyRow *row)
@@ -646,7 +646,13 @@ key_touch(const KeyRow *row)
 		entry->known_stored = row->last_used_at;
 	if (now - entry->known_stored < LAST_USED_RESOLUTION_US)
 		return;
-	if (XactReadOnly || RecoveryInProgress() || IsInParallelMode())
+	/*
+	 * Not where it cannot write, nor under a transaction snapshot, where a
+	 * concurrent update of the row would raise a serialization failure and
+	 * fail the verification: a later use in another transaction writes it.
+	 */
+	if (XactReadOnly || RecoveryInProgress() || IsInParallelMode() ||
+		IsolationUsesXactSnapshot())
 		return;
 
 	{

@@ -122,6 +122,12 @@ $node->safe_psql('postgres',
 is($node->safe_psql('postgres',
 	"BEGIN READ ONLY; SELECT count(*) FROM tenancy.verify_api_key('$key'); COMMIT;"),
 	'1', 'verification works in a read-only transaction');
+is($node->safe_psql('postgres',
+	"BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM tenancy.verify_api_key('$key'); COMMIT;"),
+	'1', 'and in a repeatable read one');
+is($node->safe_psql('postgres',
+	"SELECT last_used_at < now() - interval '1 minute' FROM tenancy.api_keys WHERE name = 'main'"),
+	't', 'neither writes last_used_at');
 
 # 5. Keys survive pg_dump and pg_restore.
 my $dump = $node->basedir . '/tenancy.dump';
