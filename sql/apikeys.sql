@@ -35,7 +35,16 @@ END $$;
 -- A body with a correct checksum appended.
 CREATE FUNCTION regress_key(body text) RETURNS text LANGUAGE sql
 AS $$ SELECT body || regress_base62(regress_crc32(body)) $$;
--- Run a statement; return 'ok' or its SQLSTATE and message.
+-- Run a statement; return 'ok' or its SQLSTATE (for errors raised by other
+-- areas, whose wording is theirs) ...
+CREATE FUNCTION regress_code(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE sql;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE;
+END $$;
+-- ... or its SQLSTATE and message.
 CREATE FUNCTION regress_try(sql text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE sql;
@@ -53,9 +62,9 @@ CREATE TABLE public.regress_notes (id int);
 SELECT tenancy.protect('public.regress_orders'), tenancy.protect('public.regress_notes');
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.regress_orders, public.regress_notes
     TO regress_key_user, regress_key_defaulted;
-SELECT tenancy.create_tenant('regress-acme') AS acme \gset
-SELECT tenancy.create_tenant('regress-other') AS other \gset
-SELECT tenancy.create_tenant('regress-susp') AS susp \gset
+SELECT tenancy.create_tenant('regress-acme', plan => 'enterprise') AS acme \gset
+SELECT tenancy.create_tenant('regress-other', plan => 'enterprise') AS other \gset
+SELECT tenancy.create_tenant('regress-susp', plan => 'enterprise') AS susp \gset
 CREATE TEMP TABLE failures0 AS SELECT * FROM tenancy._auth_failures();
 
 --
@@ -189,28 +198,33 @@ CREATE FUNCTION regress_switch_by_set_clause() RETURNS uuid LANGUAGE sql
 \c - regress_key_user
 SET client_min_messages = warning;
 SELECT session_user, current_user;
-SET app.tenant_id = :'acme';
+SELECT regress_code(format('SET app.tenant_id = %L', :'acme')) AS unbound_set;
 SELECT tenancy.authenticate(:'k_full') = :'acme' AS bound_to_acme;
 SELECT current_setting('app.tenant_id') = :'acme' AS context_set,
        tenancy.current_tenant_id() = :'acme' AS current_tenant;
--- Every route to another tenant is closed.
-SET app.tenant_id = :'other';
-SELECT set_config('app.tenant_id', :'other', false);
-SELECT set_config('app.tenant_id', :'other', true);
-BEGIN;
-SET LOCAL app.tenant_id = :'other';
-ROLLBACK;
-SELECT tenancy.set_tenant('regress-other');
-SELECT tenancy.set_tenant(:'other');
-SELECT tenancy.set_tenant('regress-nobody');
-SELECT regress_switch_by_set_clause();
-SET tenancy.session_binding = '';
-SELECT set_config('tenancy.session_binding', :'other' || ':' || :'other', false);
-SET tenancy.default_tenant = :'other';
+-- Every route to another tenant is closed (42501).
+SELECT v.route, regress_code(v.sql) AS sqlstate FROM (VALUES
+    ('SET', format('SET app.tenant_id = %L', :'other')),
+    ('SET LOCAL', format('SET LOCAL app.tenant_id = %L', :'other')),
+    ('set_config', format('SELECT set_config(%L, %L, false)', 'app.tenant_id', :'other')),
+    ('set_config, local', format('SELECT set_config(%L, %L, true)', 'app.tenant_id', :'other')),
+    ('set_tenant by slug', $$SELECT tenancy.set_tenant('regress-other')$$),
+    ('set_tenant by id', format('SELECT tenancy.set_tenant(%L)', :'other')),
+    ('set_tenant, local', format('SELECT tenancy.set_tenant(%L, true)', :'other')),
+    ('set_tenant, no such tenant', $$SELECT tenancy.set_tenant('regress-nobody')$$),
+    ('a function''s SET clause', 'SELECT regress_switch_by_set_clause()'),
+    ('SET the binding', $$SET tenancy.session_binding = ''$$),
+    ('RESET the binding', 'RESET tenancy.session_binding'),
+    ('set_config the binding', format('SELECT set_config(%L, %L, false)', 'tenancy.session_binding',
+                                      :'other' || ':' || :'other')),
+    ('SET the default tenant', format('SET tenancy.default_tenant = %L', :'other')),
+    ('ALTER ROLE SET', format('ALTER ROLE regress_key_user SET app.tenant_id = %L', :'other'))
+  ) AS v(route, sql);
+SELECT tenancy.current_tenant_id() = :'acme' AS still_acme;
 SELECT tenancy.set_tenant('regress-acme') = :'acme' AS own_tenant_by_slug;
--- Clearing the context is allowed, and leaves none.
+-- Clearing the context is allowed, and leaves none (TN001).
 RESET app.tenant_id;
-SELECT tenancy.current_tenant_id();
+SELECT regress_code('SELECT tenancy.current_tenant_id()') AS no_context;
 SET app.tenant_id = :'acme';
 SELECT tenancy.current_tenant_id() = :'acme' AS back_to_acme;
 -- RESET falls back to tenancy.default_tenant, here set for the role to the
@@ -220,10 +234,10 @@ SET client_min_messages = warning;
 SELECT current_setting('tenancy.default_tenant') = :'other' AS default_is_other;
 SELECT tenancy.authenticate(:'k_full') = :'acme' AS bound_to_acme;
 RESET app.tenant_id;
-SELECT tenancy.current_tenant_id();
-SELECT count(*) FROM regress_orders;
+SELECT regress_code('SELECT tenancy.current_tenant_id()') AS current_tenant,
+       regress_code('SELECT count(*) FROM regress_orders') AS read;
 SET app.tenant_id = '';
-SELECT count(*) FROM regress_orders;
+SELECT regress_code('SELECT count(*) FROM regress_orders') AS read;
 \c - regress_key_user
 SET client_min_messages = warning;
 SELECT tenancy.authenticate(:'k_full') = :'acme' AS bound_to_acme;
@@ -234,16 +248,17 @@ INSERT INTO regress_orders (id, note) VALUES (100, 'other');
 SELECT tenancy.authenticate(:'k_full') = :'acme' AS bound_to_acme;
 INSERT INTO regress_orders (id, note) VALUES (1, 'one'), (2, 'two');
 SELECT id, note FROM regress_orders ORDER BY id;
-INSERT INTO regress_orders (id, tenant_id) VALUES (3, :'other');
+SELECT regress_code(format('INSERT INTO regress_orders (id, tenant_id) VALUES (3, %L)', :'other'))
+    AS other_tenants_row;
 -- The key's own table is unreadable but for the key's metadata of an
 -- admin key; its hash never.
 SELECT count(*) FROM tenancy.api_keys;
-SELECT key_hash FROM tenancy.api_keys;
+SELECT regress_code('SELECT key_hash FROM tenancy.api_keys') AS read_key_hash;
 -- logout clears the binding and the context.
 SELECT tenancy.logout();
 SELECT current_setting('tenancy.session_binding') = '' AS unbound;
-SELECT tenancy.current_tenant_id();
-SET app.tenant_id = :'acme';
+SELECT regress_code('SELECT tenancy.current_tenant_id()') AS no_context;
+SELECT regress_code(format('SET app.tenant_id = %L', :'acme')) AS unbound_set;
 
 --
 -- Permissions, on every DML path
@@ -318,7 +333,7 @@ SELECT count(*) FROM regress_orders;
 COMMIT;
 SELECT current_setting('tenancy.session_binding') = '' AS unbound,
        current_setting('app.tenant_id') = '' AS no_context;
-SELECT count(*) FROM regress_orders;
+SELECT regress_code('SELECT count(*) FROM regress_orders') AS read;
 BEGIN;
 SELECT tenancy.authenticate(:'k_full', true) IS NOT NULL AS bound_locally;
 ROLLBACK;
@@ -400,6 +415,6 @@ SELECT count(*) FILTER (WHERE last_used_at IS NOT NULL) > 0 AS some_used,
 -- clean up
 SELECT tenancy.unprotect('public.regress_orders'), tenancy.unprotect('public.regress_notes');
 DROP TABLE public.regress_orders, public.regress_notes;
-DROP FUNCTION regress_switch_by_set_clause(), regress_try(text), regress_key(text),
+DROP FUNCTION regress_switch_by_set_clause(), regress_try(text), regress_code(text), regress_key(text),
     regress_base62(bigint), regress_crc32(text);
 DROP ROLE regress_key_admin, regress_key_user, regress_key_defaulted;
