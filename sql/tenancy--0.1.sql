@@ -793,8 +793,6 @@ CREATE TABLE tenancy.api_keys (
     created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
     created_by   text NOT NULL DEFAULT pg_catalog."session_user"(),
     CONSTRAINT api_keys_key_hash_key UNIQUE (key_hash),
-    CONSTRAINT api_keys_key_hash_check CHECK (pg_catalog.octet_length(key_hash) OPERATOR(pg_catalog.=) 32),
-    CONSTRAINT api_keys_prefix_check CHECK (pg_catalog.length(prefix) OPERATOR(pg_catalog.=) 11),
     CONSTRAINT api_keys_permissions_check
         CHECK (permissions OPERATOR(pg_catalog.<@) '{read,write,admin}'::text[])
 );
