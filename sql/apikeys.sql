@@ -254,6 +254,15 @@ SELECT regress_code(format('INSERT INTO regress_orders (id, tenant_id) VALUES (3
 -- admin key; its hash never.
 SELECT count(*) FROM tenancy.api_keys;
 SELECT regress_code('SELECT key_hash FROM tenancy.api_keys') AS read_key_hash;
+-- RESET ALL and DISCARD ALL (a pooler's reset) log the session out.
+RESET ALL;
+SELECT current_setting('tenancy.session_binding') = '' AS unbound,
+       current_setting('app.tenant_id') = '' AS no_context;
+SELECT tenancy.authenticate(:'k_full') = :'acme' AS bound_to_acme;
+DISCARD ALL;
+SELECT current_setting('tenancy.session_binding') = '' AS unbound,
+       current_setting('app.tenant_id') = '' AS no_context;
+SELECT tenancy.authenticate(:'k_full') = :'acme' AS bound_to_acme;
 -- logout clears the binding and the context.
 SELECT tenancy.logout();
 SELECT current_setting('tenancy.session_binding') = '' AS unbound;
