@@ -59,8 +59,14 @@ CREATE ROLE regress_key_user LOGIN;
 CREATE ROLE regress_key_defaulted LOGIN;
 CREATE TABLE public.regress_orders (id int, note text);
 CREATE TABLE public.regress_notes (id int);
-SELECT tenancy.protect('public.regress_orders'), tenancy.protect('public.regress_notes');
-GRANT SELECT, INSERT, UPDATE, DELETE ON public.regress_orders, public.regress_notes
+CREATE TABLE public.regress_parts (id int, tenant_id uuid) PARTITION BY RANGE (id);
+CREATE TABLE public.regress_parts_1 PARTITION OF public.regress_parts FOR VALUES FROM (0) TO (100);
+CREATE VIEW public.regress_orders_view WITH (security_invoker = true)
+    AS SELECT id, note FROM public.regress_orders;
+SELECT tenancy.protect('public.regress_orders'), tenancy.protect('public.regress_notes'),
+       tenancy.protect('public.regress_parts');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.regress_orders, public.regress_notes,
+    public.regress_parts, public.regress_parts_1, public.regress_orders_view
     TO regress_key_user, regress_key_defaulted;
 SELECT tenancy.create_tenant('regress-acme', plan => 'enterprise') AS acme \gset
 SELECT tenancy.create_tenant('regress-other', plan => 'enterprise') AS other \gset
@@ -189,6 +195,7 @@ SELECT tenancy.create_api_key('regress-acme', 'admin', '{read,write,admin}') AS 
 SELECT tenancy.create_api_key('regress-acme', 'orders only', '{read,write}', '{public.regress_orders}') AS k_sc \gset
 SELECT tenancy.create_api_key('regress-acme', 'wildcard', '{read,write}', '{public.regress_n*}') AS k_wild \gset
 SELECT tenancy.create_api_key('regress-acme', 'bare name', '{read}', '{regress_notes}') AS k_bare \gset
+SELECT tenancy.create_api_key('regress-acme', 'parts', '{read,write}', '{public.regress_parts}') AS k_parts \gset
 SELECT tenancy.create_api_key('regress-other', 'other') AS k_other \gset
 ALTER ROLE regress_key_defaulted SET tenancy.default_tenant = :'other';
 SELECT id AS k_other_id FROM tenancy.api_keys WHERE name = 'other' \gset
@@ -331,6 +338,16 @@ SELECT count(*) FROM regress_notes;
 SET search_path = pg_catalog;
 SELECT count(*) FROM public.regress_notes;
 RESET search_path;
+-- a view is judged by the protected tables it reads
+SELECT count(*) FROM regress_orders_view;
+SELECT tenancy.authenticate(:'k_sc') IS NOT NULL AS bound;
+SELECT count(*) FROM regress_orders_view;
+-- partitions reached through their parent are judged by the parent;
+-- queried directly, by their own name
+SELECT tenancy.authenticate(:'k_parts') IS NOT NULL AS bound;
+INSERT INTO regress_parts (id) VALUES (1), (2);
+SELECT count(*) FROM regress_parts;
+SELECT count(*) FROM regress_parts_1;
 
 --
 -- is_local: the binding ends with the transaction
@@ -422,8 +439,10 @@ SELECT count(*) FILTER (WHERE last_used_at IS NOT NULL) > 0 AS some_used,
   FROM tenancy.api_keys;
 
 -- clean up
-SELECT tenancy.unprotect('public.regress_orders'), tenancy.unprotect('public.regress_notes');
-DROP TABLE public.regress_orders, public.regress_notes;
+DROP VIEW public.regress_orders_view;
+SELECT tenancy.unprotect('public.regress_orders'), tenancy.unprotect('public.regress_notes'),
+       tenancy.unprotect('public.regress_parts');
+DROP TABLE public.regress_orders, public.regress_notes, public.regress_parts;
 DROP FUNCTION regress_switch_by_set_clause(), regress_try(text), regress_code(text), regress_key(text),
     regress_base62(bigint), regress_crc32(text);
 DROP ROLE regress_key_admin, regress_key_user, regress_key_defaulted;
