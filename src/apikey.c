@@ -9,7 +9,8 @@
  * the standard CRC-32 (zlib's polynomial 0xEDB88320, implemented here) of
  * the 35 characters before it, most significant digit first: 41 characters.
  * The format and the checksum are checked before any table look-up.  Only
- * the SHA-256 of a key is stored; it is looked up through the unique index
+ * the SHA-256 of a key is stored (core's cryptohash, through compat.h's
+ * tenancy_sha256); it is looked up through the unique index
  * api_keys_key_hash_key with the table access API (no SPI) and compared
  * again with timingsafe_bcmp.
  *
@@ -49,8 +50,6 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
-#include "common/cryptohash.h"
-#include "common/sha2.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -303,17 +302,8 @@ key_generate(char *out)
 static void
 key_sha256(const char *key, size_t len, uint8 *out)
 {
-	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
-
-	if (ctx == NULL ||
-		pg_cryptohash_init(ctx) < 0 ||
-		pg_cryptohash_update(ctx, (const uint8 *) key, len) < 0 ||
-		pg_cryptohash_final(ctx, out, PG_SHA256_DIGEST_LENGTH) < 0)
-	{
-		pg_cryptohash_free(ctx);
+	if (!tenancy_sha256((const uint8 *) key, len, out))
 		elog(ERROR, "tenancy: could not compute a SHA-256 digest");
-	}
-	pg_cryptohash_free(ctx);
 }
 
 /* ---------------------------------------------------------------------
