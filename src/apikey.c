@@ -519,19 +519,20 @@ key_verify(Datum keydatum, KeyRow *row, char *prefix)
 /*
  * Count a failure and log it at LOG with the display prefix only (none
  * for a malformed string, which may be anything).  No STATEMENT or
- * CONTEXT line: the statement holds the key.
+ * CONTEXT line: the statement holds the key.  LOG_SERVER_ONLY: a client
+ * that lowers client_min_messages must not learn the cause.
  */
 static void
 report_failure(KeyVerdict verdict, const char *prefix, const char *caller)
 {
 	pg_atomic_fetch_add_u64(&apikey_shared->failures[verdict], 1);
 	if (prefix[0] != '\0')
-		ereport(LOG,
+		ereport(LOG_SERVER_ONLY,
 				(errmsg("tenancy: API key refused by %s: %s", caller, verdict_names[verdict]),
 				 errdetail("Key prefix %s.", prefix),
 				 errhidestmt(true), errhidecontext(true)));
 	else
-		ereport(LOG,
+		ereport(LOG_SERVER_ONLY,
 				(errmsg("tenancy: API key refused by %s: %s", caller, verdict_names[verdict]),
 				 errdetail("The string given is not in the format of an API key."),
 				 errhidestmt(true), errhidecontext(true)));

@@ -50,6 +50,11 @@ for my $k ($bad_checksum, $unknown, $garbage)
 	unlike($err, qr/\Q$k\E/, 'the error does not echo the key');
 }
 $node->psql('postgres', "SELECT * FROM tenancy.verify_api_key('$garbage')");
+# The cause goes to the server log only, even to a client asking for LOG.
+my ($r2, $o2, $e2) = $node->psql('postgres',
+	"SET client_min_messages = debug5; SELECT tenancy.authenticate('$unknown')");
+like($e2, qr/ERROR:\s+tenancy: invalid API key/, 'a client asking for LOG messages');
+unlike($e2, qr/refused|unknown|prefix/i, 'is not told the cause');
 # Another error in a statement holding a key: no STATEMENT line either.
 $node->psql('postgres', "SELECT 1/0, '$key'");
 my ($ret) = try_auth($key);
