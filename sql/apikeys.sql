@@ -395,6 +395,9 @@ SELECT tenancy.logout();
 
 \c - regress_key_admin
 SET client_min_messages = warning;
+-- tenancy_admin lists every key, but not their hashes
+SELECT count(DISTINCT tenant_id) >= 2 AS sees_every_tenant FROM tenancy.api_keys;
+SELECT regress_code('SELECT key_hash FROM tenancy.api_keys') AS read_key_hash;
 -- tenancy_admin: any tenant; it is told when a key does not exist
 SELECT tenancy.revoke_api_key(:'k_other_id');
 SELECT tenancy.revoke_api_key('00000000-0000-0000-0000-000000000000');

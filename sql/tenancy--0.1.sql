@@ -1038,7 +1038,8 @@ GRANT EXECUTE ON FUNCTION
     tenancy.rotate_api_key(uuid, interval),
     tenancy._keys_visible_tenant()
 TO PUBLIC;
-GRANT SELECT ON tenancy.api_keys TO tenancy_admin;
+-- (SELECT on tenancy.api_keys, all but key_hash, is granted to PUBLIC in
+-- section 5; tenancy_admin's policy lets it see every row.)
 
 -- (end of API key grants)
 
