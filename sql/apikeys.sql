@@ -182,7 +182,8 @@ SELECT cause, f.failures - f0.failures AS new_failures
 
 -- Every change is audited, without key material.
 SELECT action, count(*) FROM tenancy.audit_log
- WHERE action LIKE 'api_key.%' GROUP BY action ORDER BY action;
+ WHERE action LIKE 'api_key.%' AND tenant_id IN (:'acme', :'other', :'susp')
+ GROUP BY action ORDER BY action;
 SELECT count(*) AS audit_rows_with_key_material FROM tenancy.audit_log
  WHERE details::text ~ 'tk_[0-9A-Za-z]{12,}' OR target ~ 'tk_[0-9A-Za-z]{12,}';
 
@@ -449,3 +450,7 @@ DROP TABLE public.regress_orders, public.regress_notes, public.regress_parts;
 DROP FUNCTION regress_switch_by_set_clause(), regress_try(text), regress_code(text), regress_key(text),
     regress_base62(bigint), regress_crc32(text);
 DROP ROLE regress_key_admin, regress_key_user, regress_key_defaulted;
+-- purging the tenants removes their keys (and what other areas keep)
+SELECT tenancy.delete_tenant('regress-acme'), tenancy.delete_tenant('regress-susp');
+SELECT tenancy.purge_tenant(t) FROM unnest('{regress-acme,regress-other,regress-susp}'::text[]) t;
+SELECT count(*) AS keys_left FROM tenancy.api_keys WHERE tenant_id IN (:'acme', :'other', :'susp');
