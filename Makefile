@@ -29,10 +29,10 @@ ISOLATION_QUOTA =
 DOCS_QUOTA =
 
 # -- API keys
-OBJS_APIKEY = src/apikey.o
-REGRESS_APIKEY =
-ISOLATION_APIKEY =
-DOCS_APIKEY =
+OBJS_APIKEY = src/apikey.o src/keyperm.o
+REGRESS_APIKEY = apikeys
+ISOLATION_APIKEY = apikey_binding
+DOCS_APIKEY = doc/tenancy-apikeys.md
 
 # -- usage metering, audit, stats
 OBJS_USAGE = src/usage.o
@@ -64,7 +64,7 @@ PROVE_TESTS = test/t/*.pl
 SPEC_CORE = tenancy\.(create_tenant|tenant_id|update_tenant|suspend_tenant|activate_tenant|delete_tenant|purge_tenant|tenant_status|set_tenant|current_tenant_id|current_tenant|protect|unprotect)\(|relation.tenancy\.(tenants|plans|protected_tables|audit_log)$$|^guc
 SPEC_CONTEXT = tenancy\.(tenant_id|tenant_status|set_tenant|current_tenant_id|current_tenant)\(|^guc.(app\.tenant_id|tenancy\.default_tenant)$$
 SPEC_QUOTA =
-SPEC_APIKEY =
+SPEC_APIKEY = tenancy\.(create_api_key|verify_api_key|authenticate|logout|revoke_api_key|rotate_api_key)\(|relation.tenancy\.api_keys$$
 SPEC_USAGE = tenancy\.(record_usage|rollup_usage|usage|run_maintenance|schedule_maintenance|unschedule_maintenance)\(|relation.tenancy\.(usage_rollups|stats)$$
 space := $(subst ,, )
 SPEC_AREAS = $(subst $(space),|,$(strip $(SPEC_CORE) $(SPEC_CONTEXT) $(SPEC_QUOTA) $(SPEC_APIKEY) $(SPEC_USAGE)))

@@ -295,13 +295,24 @@ BEGIN
 END
 $$;
 
--- What else a soft delete does (revoke the tenant's keys); later sections
--- replace it.
+-- What else a soft delete does: revoke the tenant's keys (section 5 owns
+-- this body).
 CREATE FUNCTION tenancy._on_tenant_deleted(tid uuid) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    n bigint;
 BEGIN
+    -- api_keys is created in section 5; at run time it exists.
+    EXECUTE 'WITH r AS (UPDATE tenancy.api_keys SET revoked_at = pg_catalog.now()
+                         WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND revoked_at IS NULL
+                        RETURNING 1)
+             SELECT pg_catalog.count(*) FROM r' INTO n USING tid;
+    IF n OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM tenancy._audit('api_key.revoke', tid, NULL,
+                               jsonb_build_object('reason', 'tenant deleted', 'keys', n));
+    END IF;
 END
 $$;
 
@@ -1036,6 +1047,8 @@ $$;
 -- 5. API keys
 --------------------------------------------------------------------------
 
+-- Column order matters: src/apikey.c reads the columns by position.
+-- Later versions may only add columns at the end.
 CREATE TABLE tenancy.api_keys (
     id           uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid() PRIMARY KEY,
     tenant_id    uuid NOT NULL REFERENCES tenancy.tenants (id) ON DELETE CASCADE,
@@ -1049,19 +1062,192 @@ CREATE TABLE tenancy.api_keys (
     revoked_at   timestamptz,
     created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
     created_by   text NOT NULL DEFAULT pg_catalog."session_user"(),
-    CONSTRAINT api_keys_key_hash_key UNIQUE (key_hash)
+    CONSTRAINT api_keys_key_hash_key UNIQUE (key_hash),
+    CONSTRAINT api_keys_permissions_check
+        CHECK (permissions OPERATOR(pg_catalog.<@) '{read,write,admin}'::text[])
 );
 CREATE INDEX api_keys_tenant_idx ON tenancy.api_keys (tenant_id);
 SELECT pg_catalog.pg_extension_config_dump('tenancy.api_keys', '');
 
--- Authentication failures by cause, for tenancy.stats.  Stub until keys
--- exist.
-CREATE FUNCTION tenancy._auth_failures() RETURNS TABLE (cause text, failures bigint)
-LANGUAGE sql STABLE
+-- C: the tenant whose keys this session may list (bound by an admin key,
+-- or allowed to act for any tenant), else NULL.  For the policy below.
+CREATE FUNCTION tenancy._keys_visible_tenant() RETURNS uuid
+LANGUAGE c STABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'tenancy_keys_visible_tenant';
+
+-- Row level security: tenancy_admin lists every key; a session bound by an
+-- admin key, or a tenancy_app session with a context, lists its tenant's.
+-- Nobody but the owner reads key_hash.
+ALTER TABLE tenancy.api_keys ENABLE ROW LEVEL SECURITY;
+CREATE POLICY api_keys_own ON tenancy.api_keys FOR SELECT TO PUBLIC
+    USING (tenant_id OPERATOR(pg_catalog.=) (SELECT tenancy._keys_visible_tenant()));
+CREATE POLICY api_keys_admin ON tenancy.api_keys FOR SELECT TO tenancy_admin
+    USING (true);
+GRANT SELECT (id, tenant_id, name, prefix, permissions, scopes, expires_at, last_used_at,
+              revoked_at, created_at, created_by) ON tenancy.api_keys TO PUBLIC;
+
+CREATE FUNCTION tenancy.verify_api_key(key text)
+RETURNS TABLE (tenant_id uuid, key_id uuid, permissions text[], scopes text[])
+LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE ROWS 1
+AS 'MODULE_PATHNAME', 'tenancy_verify_api_key';
+
+CREATE FUNCTION tenancy.authenticate(key text, is_local boolean DEFAULT false) RETURNS uuid
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'tenancy_authenticate';
+
+CREATE FUNCTION tenancy.logout() RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'tenancy_logout';
+
+-- The administration entry points are C: they judge the caller (its
+-- current role, or the admin key it is bound by), then run the internal
+-- functions below as the owner of tenancy.api_keys.
+CREATE FUNCTION tenancy.create_api_key(tenant text, name text, permissions text[] DEFAULT '{read,write}',
+                                       scopes text[] DEFAULT '{}', expires_at timestamptz DEFAULT NULL)
+RETURNS text
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'tenancy_create_api_key';
+
+CREATE FUNCTION tenancy.revoke_api_key(key_id uuid) RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'tenancy_revoke_api_key';
+
+CREATE FUNCTION tenancy.rotate_api_key(key_id uuid, grace interval DEFAULT '0') RETURNS text
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'tenancy_rotate_api_key';
+
+-- Raise 22023 unless permissions are among read, write, admin and scopes
+-- are non-empty names.  Internal.
+CREATE FUNCTION tenancy._check_key_grants(permissions text[], scopes text[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT NULL::text, NULL::bigint WHERE false;
+DECLARE
+    bad text;
+BEGIN
+    IF permissions IS NULL OR array_position(permissions, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'tenancy: permissions must not be null'
+            USING ERRCODE = '22023', HINT = 'Pass an array of read, write and admin, e.g. ''{read}''.';
+    END IF;
+    SELECT p INTO bad FROM unnest(permissions) p
+     WHERE p NOT IN ('read', 'write', 'admin') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'tenancy: unknown permission "%"', bad
+            USING ERRCODE = '22023', HINT = 'Permissions are read, write and admin.';
+    END IF;
+    IF scopes IS NULL OR array_position(scopes, NULL) IS NOT NULL
+       OR EXISTS (SELECT FROM unnest(scopes) s WHERE btrim(s) OPERATOR(pg_catalog.=) '') THEN
+        RAISE EXCEPTION 'tenancy: scopes must be table names or patterns'
+            USING ERRCODE = '22023',
+                  DETAIL = 'A scope is null or empty.',
+                  HINT = 'Pass ''{}'' for every protected table, or names such as ''{public.orders, billing.*}''.';
+    END IF;
+END
 $$;
+
+-- Store a new key (hash and prefix only) after checking its arguments, the
+-- tenant and the api_keys quota; audit it.  Internal: called by C as the
+-- owner once the caller's right was checked.
+CREATE FUNCTION tenancy._api_key_create(tid uuid, key_name text, perms text[], key_scopes text[],
+                                        key_expires timestamptz, key_prefix text, hash bytea,
+                                        rotated_from uuid DEFAULT NULL, count_quota boolean DEFAULT true)
+RETURNS uuid
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_id uuid;
+    st text;
+BEGIN
+    IF key_name IS NULL OR btrim(key_name) OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'tenancy: key name must not be null or empty'
+            USING ERRCODE = '22023', HINT = 'Name the key after its user, e.g. ''billing-service''.';
+    END IF;
+    PERFORM tenancy._check_key_grants(perms, key_scopes);
+    IF key_expires IS NOT NULL AND key_expires OPERATOR(pg_catalog.<=) now() THEN
+        RAISE EXCEPTION 'tenancy: expires_at must be in the future'
+            USING ERRCODE = '22023', HINT = 'Pass a later time, or NULL for a key that does not expire.';
+    END IF;
+    SELECT t.status INTO st FROM tenancy.tenants t WHERE t.id OPERATOR(pg_catalog.=) tid;
+    IF st OPERATOR(pg_catalog.=) 'deleted' THEN
+        RAISE EXCEPTION 'tenancy: tenant is deleted'
+            USING ERRCODE = '55000', HINT = 'Call tenancy.activate_tenant() first to restore it.';
+    END IF;
+    IF count_quota THEN
+        PERFORM tenancy._require_quota(tid, 'api_keys', 1);
+    END IF;
+    INSERT INTO tenancy.api_keys (tenant_id, name, prefix, key_hash, permissions, scopes, expires_at)
+    VALUES (tid, key_name, key_prefix, hash,
+            ARRAY(SELECT DISTINCT p FROM unnest(perms) p ORDER BY 1), key_scopes, key_expires)
+    RETURNING id INTO new_id;
+    PERFORM tenancy._audit(CASE WHEN rotated_from IS NULL THEN 'api_key.create' ELSE 'api_key.rotate' END,
+                           tid, new_id::text,
+                           jsonb_strip_nulls(jsonb_build_object(
+                               'name', key_name, 'prefix', key_prefix, 'permissions', perms,
+                               'scopes', key_scopes, 'expires_at', key_expires,
+                               'rotated_from', rotated_from)));
+    RETURN new_id;
+END
+$$;
+
+-- Revoke a key (idempotent); audit it.  Internal.
+CREATE FUNCTION tenancy._api_key_revoke(kid uuid) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k record;
+BEGIN
+    UPDATE tenancy.api_keys SET revoked_at = now()
+     WHERE id OPERATOR(pg_catalog.=) kid AND revoked_at IS NULL
+    RETURNING tenant_id, name, prefix INTO k;
+    IF FOUND THEN
+        PERFORM tenancy._audit('api_key.revoke', k.tenant_id, kid::text,
+                               jsonb_build_object('name', k.name, 'prefix', k.prefix));
+    END IF;
+END
+$$;
+
+-- Rotate a key: the old one expires after grace, a new one with the same
+-- name, permissions, scopes and expiry is stored.  Internal.
+CREATE FUNCTION tenancy._api_key_rotate(kid uuid, grace interval, key_prefix text, hash bytea)
+RETURNS uuid
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k tenancy.api_keys;
+BEGIN
+    IF grace IS NULL OR grace OPERATOR(pg_catalog.<) '0'::interval THEN
+        RAISE EXCEPTION 'tenancy: grace must be a non-negative interval'
+            USING ERRCODE = '22023', HINT = 'Pass ''0'' to end the old key now, or e.g. ''1 hour''.';
+    END IF;
+    SELECT * INTO k FROM tenancy.api_keys WHERE id OPERATOR(pg_catalog.=) kid FOR UPDATE;
+    IF k.revoked_at IS NOT NULL THEN
+        RAISE EXCEPTION 'tenancy: API key is revoked'
+            USING ERRCODE = '55000', HINT = 'Create a new key with tenancy.create_api_key().';
+    END IF;
+    IF k.expires_at IS NOT NULL AND k.expires_at OPERATOR(pg_catalog.<=) now() THEN
+        RAISE EXCEPTION 'tenancy: API key has expired'
+            USING ERRCODE = '55000', HINT = 'Create a new key with tenancy.create_api_key().';
+    END IF;
+    -- Without grace the old key ends now: it is revoked as well, so that it
+    -- stops counting against the api_keys quota (unrevoked keys) and the
+    -- rotation needs no room.  With grace it counts until revoked.
+    UPDATE tenancy.api_keys
+       SET expires_at = LEAST(coalesce(expires_at, 'infinity'), now() OPERATOR(pg_catalog.+) grace),
+           revoked_at = CASE WHEN grace OPERATOR(pg_catalog.=) '0'::interval THEN now() END
+     WHERE id OPERATOR(pg_catalog.=) kid;
+    RETURN tenancy._api_key_create(k.tenant_id, k.name, k.permissions, k.scopes, k.expires_at,
+                                   key_prefix, hash, kid, grace OPERATOR(pg_catalog.>) '0'::interval);
+END
+$$;
+
+-- Authentication failures by cause since the server started, for
+-- tenancy.stats: malformed, unknown, expired, revoked, tenant_inactive.
+CREATE FUNCTION tenancy._auth_failures() RETURNS TABLE (cause text, failures bigint)
+LANGUAGE c VOLATILE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'tenancy_auth_failures';
 
 -- (end of section 5)
 
@@ -1424,7 +1610,21 @@ TO tenancy_admin;
 
 -- (end of quota grants)
 
--- API keys.
+-- API keys.  The administration functions are granted to PUBLIC on
+-- purpose: they let members of tenancy_admin manage any tenant's keys and a
+-- session bound by an admin key its own tenant's, and refuse everyone else
+-- (42501) inside.
+GRANT EXECUTE ON FUNCTION
+    tenancy.verify_api_key(text),
+    tenancy.authenticate(text, boolean),
+    tenancy.logout(),
+    tenancy.create_api_key(text, text, text[], text[], timestamptz),
+    tenancy.revoke_api_key(uuid),
+    tenancy.rotate_api_key(uuid, interval),
+    tenancy._keys_visible_tenant()
+TO PUBLIC;
+-- (SELECT on tenancy.api_keys, all but key_hash, is granted to PUBLIC in
+-- section 5; tenancy_admin's policy lets it see every row.)
 
 -- (end of API key grants)
 

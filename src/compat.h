@@ -48,4 +48,57 @@
 #define tenancy_guc_free(p) free(p)
 #endif
 
+/*
+ * ExecutorCheckPerms_hook (apikey area, keyperm.c): from 16 on it receives
+ * the RTEPermissionInfo list; before, the range table.  The hook walks
+ * TENANCY_PERMS_LIST, whose elements have relid and requiredPerms.
+ */
+#if PG_VERSION_NUM >= 160000
+#define TENANCY_PERMS_HOOK_PARAMS List *rangeTable, List *rtePermInfos, bool ereport_on_violation
+#define TENANCY_PERMS_HOOK_CHAIN(hook) (hook)(rangeTable, rtePermInfos, ereport_on_violation)
+#define TENANCY_PERMS_LIST rtePermInfos
+#define TenancyPermInfo RTEPermissionInfo
+#define TENANCY_PERMINFO_IS_RELATION(p) true
+#else
+#define TENANCY_PERMS_HOOK_PARAMS List *rangeTable, bool ereport_on_violation
+#define TENANCY_PERMS_HOOK_CHAIN(hook) (hook)(rangeTable, ereport_on_violation)
+#define TENANCY_PERMS_LIST rangeTable
+#define TenancyPermInfo RangeTblEntry
+#define TENANCY_PERMINFO_IS_RELATION(p) ((p)->rtekind == RTE_RELATION)
+#endif
+
+/*
+ * SHA-256 of a buffer into out (PG_SHA256_DIGEST_LENGTH bytes); false on
+ * failure.  The cryptohash API appeared in 14; 13 has pg_sha256_*.
+ */
+#if PG_VERSION_NUM >= 140000
+#include "common/cryptohash.h"
+#include "common/sha2.h"
+static inline bool
+tenancy_sha256(const uint8 *data, size_t len, uint8 *out)
+{
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	bool		ok;
+
+	ok = ctx != NULL &&
+		pg_cryptohash_init(ctx) == 0 &&
+		pg_cryptohash_update(ctx, data, len) == 0 &&
+		pg_cryptohash_final(ctx, out, PG_SHA256_DIGEST_LENGTH) == 0;
+	pg_cryptohash_free(ctx);
+	return ok;
+}
+#else
+#include "common/sha2.h"
+static inline bool
+tenancy_sha256(const uint8 *data, size_t len, uint8 *out)
+{
+	pg_sha256_ctx ctx;
+
+	pg_sha256_init(&ctx);
+	pg_sha256_update(&ctx, data, len);
+	pg_sha256_final(&ctx, out);
+	return true;
+}
+#endif
+
 #endif							/* TENANCY_COMPAT_H */

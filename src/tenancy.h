@@ -85,11 +85,29 @@ extern Size tenancy_ratelimit_shmem_size(void);
 extern void tenancy_ratelimit_shmem_startup(void);
 
 /* apikey.c: API keys and the binding of a session to one */
+#define TENANCY_KEY_READ	0x01
+#define TENANCY_KEY_WRITE	0x02
+#define TENANCY_KEY_ADMIN	0x04
+
+/* The validated key a session is bound to (valid until the transaction ends). */
+typedef struct TenancyKeyBinding
+{
+	pg_uuid_t	tenant;
+	pg_uuid_t	key;
+	int			permissions;	/* TENANCY_KEY_* bits */
+	int			nscopes;		/* 0: every protected table */
+	char	  **scopes;
+} TenancyKeyBinding;
+
 extern Size tenancy_apikey_shmem_size(void);
 extern void tenancy_apikey_shmem_startup(void);
 extern void tenancy_apikey_init(void);
 extern void tenancy_apikey_validate_binding(const pg_uuid_t *tenant,
 											const pg_uuid_t *key);
+extern const TenancyKeyBinding *tenancy_apikey_binding(void);
+
+/* keyperm.c: what a bound session may do with protected tables */
+extern void tenancy_keyperm_init(void);
 
 /* usage.c: usage metering */
 #define TENANCY_RESOURCE_MAXLEN 255	/* bytes of a resource name */
