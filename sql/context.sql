@@ -18,6 +18,16 @@ INSERT INTO tenancy.tenants (id, slug, name, plan, status, expires_at) VALUES
     ('d0000000-0000-4000-8000-000000000004', 'hooli', 'Hooli', 'free', 'active', now() - interval '1 day'),
     ('e0000000-0000-4000-8000-000000000005', 'umbrella', 'Umbrella', 'free', 'deleted', NULL);
 
+-- Bindings are simulated by setting tenancy.session_binding as a superuser,
+-- as tenancy.authenticate() does.  The binding is re-validated once per
+-- transaction against tenancy.api_keys, so the keys it names must exist (the
+-- hashes are placeholders: these keys are never presented).
+INSERT INTO tenancy.api_keys (id, tenant_id, name, prefix, key_hash) VALUES
+    ('f0000000-0000-4000-8000-000000000009', 'a0000000-0000-4000-8000-000000000001',
+     'regress acme', 'tk_regress1', '\x01'),
+    ('f0000000-0000-4000-8000-00000000000a', 'b0000000-0000-4000-8000-000000000002',
+     'regress globex', 'tk_regress2', '\x02');
+
 CREATE ROLE regress_ctx_user LOGIN;                         -- nobody special
 CREATE ROLE regress_ctx_app LOGIN IN ROLE tenancy_app;      -- direct member
 CREATE ROLE regress_ctx_group NOLOGIN IN ROLE tenancy_app;
@@ -221,7 +231,7 @@ SELECT tenancy.current_tenant_id();
 RESET SESSION AUTHORIZATION;
 -- A binding replaced under a set context: the second check refuses it.
 SET app.tenant_id = 'a0000000-0000-4000-8000-000000000001';
-SET tenancy.session_binding = 'b0000000-0000-4000-8000-000000000002:f0000000-0000-4000-8000-000000000009';
+SET tenancy.session_binding = 'b0000000-0000-4000-8000-000000000002:f0000000-0000-4000-8000-00000000000a';
 SELECT tenancy.current_tenant_id();
 -- RESET ALL clears the context and the binding (an unprivileged session
 -- may do it: what remains is no context at all).
@@ -389,7 +399,7 @@ CREATE MATERIALIZED VIEW regress_ctx_mv2 AS
 REFRESH MATERIALIZED VIEW regress_ctx_mv2;
 \echo :SQLSTATE
 CREATE MATERIALIZED VIEW regress_ctx_mv3 AS
-    SELECT set_config('tenancy.session_binding', 'b0000000-0000-4000-8000-000000000002:f0000000-0000-4000-8000-000000000009', false) AS v
+    SELECT set_config('tenancy.session_binding', 'b0000000-0000-4000-8000-000000000002:f0000000-0000-4000-8000-00000000000a', false) AS v
     WITH NO DATA;
 REFRESH MATERIALIZED VIEW regress_ctx_mv3;
 \echo :SQLSTATE
@@ -441,7 +451,7 @@ RESET ROLE;
 RESET app.tenant_id;
 RESET SESSION AUTHORIZATION;
 -- A bound session.
-SET tenancy.session_binding = 'b0000000-0000-4000-8000-000000000002:f0000000-0000-4000-8000-000000000009';
+SET tenancy.session_binding = 'b0000000-0000-4000-8000-000000000002:f0000000-0000-4000-8000-00000000000a';
 SET SESSION AUTHORIZATION regress_ctx_user;
 SET app.tenant_id = 'b0000000-0000-4000-8000-000000000002';
 SELECT count(*) FROM regress_ctx_par;
