@@ -23,7 +23,7 @@ ISOLATION_CONTEXT =
 DOCS_CONTEXT = doc/tenancy-context.md
 
 # -- quotas and rate limits
-OBJS_QUOTA = src/shmem.o src/quota.o src/ratelimit.o
+OBJS_QUOTA = src/shmem.o src/quota.o src/quota_count.o src/ratelimit.o
 REGRESS_QUOTA =
 ISOLATION_QUOTA =
 DOCS_QUOTA =
