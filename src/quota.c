@@ -818,7 +818,8 @@ pending_release(Pending *p, int64 amount)
 	int64		eff;
 
 	SpinLockAcquire(&e->mutex);
-	avail = e->committed - e->releasing + p->pos - p->neg;
+	/* releasing already holds this record's own earlier releases */
+	avail = e->committed - e->releasing + p->pos;
 	eff = Min(amount, Max(avail, 0));
 	e->releasing += eff;
 	SpinLockRelease(&e->mutex);
