@@ -26,7 +26,7 @@ DOCS_CONTEXT = doc/tenancy-context.md
 OBJS_QUOTA = src/shmem.o src/quota.o src/quota_count.o src/ratelimit.o
 REGRESS_QUOTA = quota ratelimit
 ISOLATION_QUOTA = quota_consume quota_rows
-DOCS_QUOTA =
+DOCS_QUOTA = doc/tenancy-quotas.md
 
 # -- API keys
 OBJS_APIKEY = src/apikey.o
@@ -62,7 +62,7 @@ PROVE_TESTS = test/t/*.pl
 # The spec areas built so far, for ../shared/tools/spec-check --only
 # (regular expressions over ../shared/tools/spec-surface.txt, without spaces).
 SPEC_CORE = tenancy\.(create_tenant|tenant_id|update_tenant|suspend_tenant|activate_tenant|delete_tenant|purge_tenant|tenant_status|set_tenant|current_tenant_id|current_tenant|protect|unprotect)\(|relation.tenancy\.(tenants|plans|protected_tables|audit_log)$$|^guc
-SPEC_QUOTA =
+SPEC_QUOTA = tenancy\.(set_plan_quota|set_tenant_quota|clear_tenant_quota|check_quota|consume_quota|release_quota|quota_usage|set_plan_rate_limit|set_tenant_rate_limit|check_rate|enforce_rate|rate_status)\(|relation.tenancy\.(plan_quotas|tenant_quotas)$$|type.tenancy\.quota_check$$|guc.tenancy\.soft_limit_ratio$$
 SPEC_APIKEY =
 SPEC_USAGE =
 space := $(subst ,, )
