@@ -191,6 +191,41 @@ SELECT used FROM tenancy.check_quota('rows:public.q_events', tenant => 'q-acme')
 DROP TABLE q_events;
 SELECT count(*) FROM tenancy.quota_usage('q-acme') WHERE resource LIKE 'rows:public.q_events';
 
+-- The owner of a protected partitioned table may add partitions; a
+-- table attached with rows in it brings them into the count.
+CREATE ROLE regress_quota_owner;
+GRANT CREATE ON SCHEMA public TO regress_quota_owner;
+-- (the row guard's EXECUTE is the protected-tables area's business)
+GRANT EXECUTE ON FUNCTION tenancy._row_guard() TO regress_quota_owner;
+SELECT tenancy.tenant_id('q-acme') AS acme_id \gset
+SET ROLE regress_quota_owner;
+CREATE TABLE q_owned (id int, tenant_id uuid, at int) PARTITION BY RANGE (at);
+CREATE TABLE q_owned_1 PARTITION OF q_owned FOR VALUES FROM (0) TO (10);
+RESET ROLE;
+SELECT tenancy.protect('q_owned');
+SET ROLE regress_quota_owner;
+CREATE TABLE q_owned_2 PARTITION OF q_owned FOR VALUES FROM (10) TO (20);
+CREATE TABLE q_owned_3 (id int, tenant_id uuid NOT NULL, at int);
+INSERT INTO q_owned_3 VALUES (1, :'acme_id', 25), (2, :'acme_id', 26);
+ALTER TABLE q_owned ATTACH PARTITION q_owned_3 FOR VALUES FROM (20) TO (30);
+RESET ROLE;
+SELECT tgrelid::regclass, tgname FROM pg_trigger
+ WHERE tgrelid::regclass::text LIKE 'q_owned%' AND tgname LIKE 'tenancy\_quota%' ORDER BY 1, 2;
+SELECT used FROM tenancy.check_quota('rows:q_owned', tenant => 'q-acme');
+-- An unprivileged role's writes are counted (the ledger is written for it).
+GRANT SELECT, INSERT, DELETE ON q_owned TO regress_quota_app;
+SET ROLE regress_quota_app;
+SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
+INSERT INTO q_owned (id, at) VALUES (3, 5), (4, 15);
+DELETE FROM q_owned WHERE id = 1;
+SELECT count(*), (SELECT used FROM tenancy.check_quota('rows:q_owned')) AS used FROM q_owned;
+RESET ROLE;
+RESET app.tenant_id;
+DROP TABLE q_owned;
+REVOKE CREATE ON SCHEMA public FROM regress_quota_owner;
+REVOKE EXECUTE ON FUNCTION tenancy._row_guard() FROM regress_quota_owner;
+DROP ROLE regress_quota_owner;
+
 -- A table protected with rows already in it counts them.
 CREATE TABLE q_legacy (id int);
 INSERT INTO q_legacy SELECT generate_series(1, 4);

@@ -1188,6 +1188,10 @@ GRANT EXECUTE ON FUNCTION
     tenancy._set_rate_limit(text, text, text, float8, integer),
     tenancy._quota_compact()
 TO tenancy_admin;
+-- PostgreSQL 15 checks EXECUTE on a row trigger's function when it clones
+-- the trigger onto a new partition, as the user who creates or attaches
+-- it.  Called any other way than by the trigger manager, it only raises.
+GRANT EXECUTE ON FUNCTION tenancy._quota_count() TO PUBLIC;
 -- (end of quota grants)
 
 -- API keys.
