@@ -561,6 +561,15 @@ ledger_sum(const QuotaKey *key)
 	return sum < 0 ? 0 : sum;
 }
 
+static int
+cmp_uint64(const void *a, const void *b)
+{
+	uint64		x = *(const uint64 *) a;
+	uint64		y = *(const uint64 *) b;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
 /*
  * Remove about a quarter of the unpinned entries, least recently used
  * first.  Caller holds the lock exclusively.  Their usage is in the
@@ -586,19 +595,7 @@ evict_entries(void)
 		pfree(ages);
 		return;
 	}
-	/* the n/4-th smallest age, roughly: a simple selection by sorting */
-	for (int i = 1; i < n; i++)
-	{
-		uint64		v = ages[i];
-		int			j = i - 1;
-
-		while (j >= 0 && ages[j] > v)
-		{
-			ages[j + 1] = ages[j];
-			j--;
-		}
-		ages[j + 1] = v;
-	}
+	qsort(ages, n, sizeof(uint64), cmp_uint64);
 	cutoff = ages[Min(n - 1, n / 4)];
 	pfree(ages);
 	hash_seq_init(&seq, quota_hash);

@@ -132,5 +132,48 @@ is($node->safe_psql('postgres', $take), 'falsefalsefalse', 'and stays empty (0.0
 $node->restart;
 is($node->safe_psql('postgres', $take), 'truetruefalse', 'full again after a restart');
 
+# More counters than shared memory holds: unused ones are evicted and
+# rebuilt from the ledger when used again; usage stays right.
+$node->safe_psql('postgres', qq{
+SET app.tenant_id = '$tid';
+SELECT tenancy.consume_quota('kept', 7);
+SELECT count(*) FROM generate_series(1, 9000) g, tenancy.check_quota('junk' || g);});
+is($node->safe_psql('postgres', qq{SET app.tenant_id = '$tid';
+SELECT used FROM tenancy.check_quota('kept')}), '7', 'after evictions, usage is rebuilt from the ledger');
+# One transaction cannot hold more counters than there are.
+($ret, $out, $err) = $node->psql('postgres', qq{
+SET app.tenant_id = '$tid';
+SELECT count(tenancy.consume_quota('many' || g, 1)) FROM generate_series(1, 9000) g;});
+like($err, qr/too many quota counters in use/, 'a transaction holding every counter gets a clear error');
+is($node->safe_psql('postgres', qq{SET app.tenant_id = '$tid';
+SELECT tenancy.consume_quota('kept', 1)}), '8', 'and everything works again after it');
+
+# A full table of rate limit buckets: full buckets make room, otherwise a
+# clear error.
+$node->append_conf('postgresql.conf', "tenancy.max_rate_buckets = 16");
+$node->restart;
+$node->safe_psql('postgres', q{
+SELECT tenancy.set_plan_rate_limit('free', 'r' || g, 0.001, 2) FROM generate_series(1, 20) g;});
+($ret, $out, $err) = $node->psql('postgres', qq{
+SET app.tenant_id = '$tid';
+SELECT count(tenancy.check_rate('r' || g)) FROM generate_series(1, 20) g;});
+like($err, qr/no room for another rate limit bucket.*\n.*\n.*tenancy.max_rate_buckets/s,
+	'no room for a 17th bucket in use: 53400 with a HINT naming the setting');
+$node->safe_psql('postgres', q{
+SELECT tenancy.set_plan_rate_limit('free', 'r' || g, 1000000, 2) FROM generate_series(1, 20) g;});
+$node->restart;
+is($node->safe_psql('postgres', qq{
+SET app.tenant_id = '$tid';
+SELECT count(*) FROM generate_series(1, 20) g WHERE tenancy.check_rate('r' || g)
+  AND pg_sleep(0.001) IS NOT NULL}), '20', 'buckets that refilled make room for new ones');
+
+# Without the library preloaded, every entry point says so (55000).
+$node->append_conf('postgresql.conf', "shared_preload_libraries = ''");
+$node->restart;
+my ($r2, $o2, $e2) = $node->psql('postgres', "SELECT tenancy.check_quota('jobs')");
+like($e2, qr/tenancy: shared memory is not attached/, 'check_quota without preloading: 55000');
+($r2, $o2, $e2) = $node->psql('postgres', "SELECT tenancy.check_rate('calls')");
+like($e2, qr/tenancy: shared memory is not attached/, 'check_rate without preloading: 55000');
+
 $node->stop;
 done_testing();
