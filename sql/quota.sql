@@ -59,6 +59,12 @@ DELETE FROM q_items WHERE body = 'e';
 SELECT tenancy.consume_quota('api_calls', 1);
 ROLLBACK;
 SELECT resource, used FROM tenancy.quota_usage() ORDER BY 1;
+-- At the limit, a delete makes room for an insert of the same transaction.
+BEGIN;
+DELETE FROM q_items WHERE body = 'e';
+INSERT INTO q_items (body) VALUES ('e2');
+INSERT INTO q_items (body) VALUES ('e3');
+ROLLBACK;
 -- ON CONFLICT DO NOTHING that skips counts nothing.
 INSERT INTO q_items (id, body) SELECT id, 'dup' FROM q_items LIMIT 1 ON CONFLICT DO NOTHING;
 SELECT used FROM tenancy.check_quota('rows:q_items');

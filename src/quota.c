@@ -765,23 +765,52 @@ own_net(QuotaEntry *e)
 	return net;
 }
 
+/* What this transaction is giving back on an entry, over all its records. */
+static int64
+own_neg(QuotaEntry *e)
+{
+	int64		neg = 0;
+
+	for (int i = 0; i < npending; i++)
+		if (pending[i].entry == e)
+			neg += pending[i].neg;
+	return neg;
+}
+
 /*
- * Reserve amount (> 0) on a record's counter if the limit allows it.
- * Returns false, with the committed usage in *used, when it does not.
+ * Reserve amount (> 0) on a record's counter if the limit allows it:
+ * committed + reserved + amount <= limit.  When that fails, what this
+ * transaction is giving back on the same counter is credited (a delete and
+ * an insert in one transaction, a row moving between partitions): it is
+ * certain to be given back if this transaction commits, and if it aborts
+ * the reservation goes too.  Every record alive belongs to a
+ * subtransaction that is still open, so an ancestor of the current one,
+ * whose abort would take this reservation along.  Returns false, with the
+ * committed usage in *used, when it does not fit.
  */
 static bool
 pending_reserve(Pending *p, int64 amount, bool has_limit, int64 limit, int64 *used)
 {
 	QuotaEntry *e = p->entry;
 	bool		ok;
+	int64		credit = 0;
 
-	SpinLockAcquire(&e->mutex);
-	*used = e->committed;
-	ok = !has_limit || (e->committed + e->reserved + amount <= limit &&
-						e->committed + e->reserved + amount >= 0);
-	if (ok)
-		e->reserved += amount;
-	SpinLockRelease(&e->mutex);
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		SpinLockAcquire(&e->mutex);
+		*used = e->committed;
+		ok = !has_limit ||
+			(e->committed + e->reserved + amount - credit <= limit &&
+			 e->committed + e->reserved + amount >= 0);
+		if (ok)
+			e->reserved += amount;
+		SpinLockRelease(&e->mutex);
+		if (ok || attempt > 0)
+			break;
+		credit = own_neg(e);
+		if (credit == 0)
+			break;
+	}
 	if (ok)
 		p->pos += amount;
 	return ok;
