@@ -131,13 +131,23 @@ ROLLBACK;
 COMMIT;
 \endif
 };
+# A monitor samples the committed row count all along: it must never be
+# above the limit, not only at the end.
+$node->safe_psql('postgres', 'CREATE TABLE stress_samples (n bigint)');
+my $monitor = q{
+INSERT INTO stress_samples SELECT count(*) FROM stress_rows;
+};
 {
 	local $ENV{PGOPTIONS} = "-c app.tenant_id=$tid";
-	$node->pgbench('--no-vacuum --client=6 --jobs=2 --transactions=50',
-		0, [qr{processed: 300/300}], [qr{^$}], 'pgbench, deletes and updates',
-		{ 'quota_stress_mixed' => $mixed });
+	$node->pgbench('--no-vacuum --client=6 --jobs=2 --transactions=80',
+		0, [qr{processed: 480/480}], [qr{^$}], 'pgbench, deletes and updates, with a monitor',
+		{ 'quota_stress_mixed@4' => $mixed, 'quota_stress_monitor@1' => $monitor });
 }
 check_invariants('deletes and updates', 300, 400);
+my ($samples, $max) = split /\|/, $node->safe_psql('postgres',
+	'SELECT count(*), max(n) FROM stress_samples');
+note "monitor: $samples samples, at most $max rows";
+ok($samples > 0 && $max <= 300, "the committed row count sampled $samples times never passed the limit (max $max)");
 
 # After a restart, usage is rebuilt from the ledger.
 $node->restart;
