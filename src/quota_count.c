@@ -10,7 +10,8 @@
  * the limit (TQ001 fails the statement, so nothing of it remains), a
  * negative one is given back at commit.  It fires AFTER, on the tuple as
  * stored (toasted, compressed), and only for rows really written (not for
- * an INSERT ... ON CONFLICT DO NOTHING that skipped).
+ * an INSERT ... ON CONFLICT DO NOTHING that skipped).  It also meters
+ * rows_inserted:<table> and rows_deleted:<table> (usage.c), transactional.
  *
  * tenancy_quota_truncate (AFTER TRUNCATE) gives back the table's share of
  * every tenant's usage.  tenancy._quota_adopt() counts the rows a table
@@ -51,6 +52,8 @@ typedef struct CountState
 	Oid			relid;
 	int			tenant_attno;
 	char		rows_resource[TENANCY_RESOURCE_LEN];
+	char		inserted_resource[TENANCY_RESOURCE_LEN + 16];	/* usage meters */
+	char		deleted_resource[TENANCY_RESOURCE_LEN + 16];
 	Datum	   *values;
 	bool	   *nulls;
 	TenancyQuotaCache rows_cache;
@@ -121,6 +124,10 @@ count_state(FunctionCallInfo fcinfo, Relation rel, const char *column)
 		if (st->tenant_attno <= 0)
 			elog(ERROR, "tenancy: tenant column \"%s\" not found", column);
 		rows_resource_of(st->relid, st->rows_resource);
+		snprintf(st->inserted_resource, sizeof(st->inserted_resource),
+				 "rows_inserted:%s", st->rows_resource + 5);
+		snprintf(st->deleted_resource, sizeof(st->deleted_resource),
+				 "rows_deleted:%s", st->rows_resource + 5);
 		st->values = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(Datum) * Max(desc->natts, 1));
 		st->nulls = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(bool) * Max(desc->natts, 1));
 		fcinfo->flinfo->fn_extra = st;
@@ -128,7 +135,11 @@ count_state(FunctionCallInfo fcinfo, Relation rel, const char *column)
 	return st;
 }
 
-/* Add a row's deltas (sign +1 or -1) to its tenant's counters. */
+/*
+ * Add a row's deltas (sign +1 or -1) to its tenant's counters.  enforce:
+ * a row being written (checked against the limits, and metered as
+ * rows_inserted:<table> / rows_deleted:<table>), not one found in place.
+ */
 static void
 count_row(CountState *st, HeapTuple tuple, TupleDesc desc, int sign,
 		  bool enforce)
@@ -143,6 +154,9 @@ count_row(CountState *st, HeapTuple tuple, TupleDesc desc, int sign,
 							 st->relid, sign, enforce);
 	tenancy_quota_add_cached(&st->storage_cache, tenant, "storage_bytes",
 							 st->relid, sign * size, enforce);
+	if (enforce)
+		tenancy_usage_record(tenant, sign > 0 ? st->inserted_resource : st->deleted_resource,
+							 1, false);
 }
 
 /*
