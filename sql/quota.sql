@@ -160,12 +160,14 @@ SET ROLE regress_quota_admin;
 SELECT resource, used FROM tenancy.quota_usage('q-beta') ORDER BY 1;
 SELECT tenancy.set_tenant_quota('q-beta', 'api_calls', 7);
 RESET ROLE;
+\set VERBOSITY terse
 SELECT used FROM tenancy.check_quota('rows:q_items');               -- no context: TN001
+\set VERBOSITY default
 
 -- api_keys: the tenant's unrevoked keys, checked by _require_quota().
 SELECT tenancy.set_plan_quota('free', 'api_keys', 2);
 INSERT INTO tenancy.api_keys (tenant_id, name, prefix, key_hash)
-SELECT tenancy.tenant_id('q-acme'), 'k' || g, 'tk_x', sha256(g::text::bytea)
+SELECT tenancy.tenant_id('q-acme'), 'k' || g, 'tk_0000000' || g, sha256(g::text::bytea)
   FROM generate_series(1, 3) g;
 UPDATE tenancy.api_keys SET revoked_at = now() WHERE name = 'k3';
 SELECT tenancy._require_quota(tenancy.tenant_id('q-acme'), 'api_keys', 1);

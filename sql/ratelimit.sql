@@ -86,7 +86,9 @@ SELECT tenancy.check_rate('tiny');
 -- Without a context: TN001.  The tenant argument of rate_status is for
 -- administrators only.
 RESET app.tenant_id;
+\set VERBOSITY terse
 SELECT tenancy.check_rate('search');
+\set VERBOSITY default
 SELECT burst FROM tenancy.rate_status('search', tenant => 'r-beta');
 SET ROLE regress_rate_app;
 SELECT tenancy.set_tenant('r-acme') IS NOT NULL;
