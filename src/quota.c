@@ -1644,6 +1644,7 @@ tenancy_quota_canonical(PG_FUNCTION_ARGS)
 {
 	char		resource[TENANCY_RESOURCE_LEN];
 
+	tenancy_shmem_require();
 	tenancy_quota_resource_arg(fcinfo, 0, resource);
 	if (!PG_ARGISNULL(1) && resource_is_automatic(resource))
 		ereport(ERROR,

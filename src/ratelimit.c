@@ -477,6 +477,7 @@ tenancy_rate_resource(PG_FUNCTION_ARGS)
 {
 	char		resource[TENANCY_RESOURCE_LEN];
 
+	tenancy_shmem_require();
 	rate_resource_arg(fcinfo, 0, resource);
 	PG_RETURN_TEXT_P(cstring_to_text(resource));
 }

@@ -174,6 +174,8 @@ my ($r2, $o2, $e2) = $node->psql('postgres', "SELECT tenancy.check_quota('jobs')
 like($e2, qr/tenancy: shared memory is not attached/, 'check_quota without preloading: 55000');
 ($r2, $o2, $e2) = $node->psql('postgres', "SELECT tenancy.check_rate('calls')");
 like($e2, qr/tenancy: shared memory is not attached/, 'check_rate without preloading: 55000');
+($r2, $o2, $e2) = $node->psql('postgres', "SELECT tenancy.set_plan_quota('free', 'jobs', 1)");
+like($e2, qr/tenancy: shared memory is not attached/, 'set_plan_quota without preloading: 55000');
 
 $node->stop;
 done_testing();
