@@ -112,6 +112,8 @@ SELECT tenancy.consume_quota('storage_bytes', 1);
 SELECT tenancy.consume_quota('api_calls', -1);
 SELECT tenancy.release_quota('api_keys', 1);
 SELECT tenancy.check_quota(NULL);
+SELECT tenancy.consume_quota(NULL);
+SELECT tenancy.release_quota('api_calls', NULL);
 
 -- health follows tenancy.soft_limit_ratio.
 SELECT tenancy.consume_quota('api_calls', 4);

@@ -924,10 +924,10 @@ RETURNS tenancy.quota_check
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_check_quota';
 
 CREATE FUNCTION tenancy.consume_quota(resource text, amount bigint DEFAULT 1) RETURNS bigint
-LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'tenancy_consume_quota';
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_consume_quota';
 
 CREATE FUNCTION tenancy.release_quota(resource text, amount bigint DEFAULT 1) RETURNS bigint
-LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'tenancy_release_quota';
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_release_quota';
 
 CREATE FUNCTION tenancy.quota_usage(tenant text DEFAULT NULL) RETURNS SETOF tenancy.quota_check
 LANGUAGE c VOLATILE ROWS 10 AS 'MODULE_PATHNAME', 'tenancy_quota_usage';
