@@ -166,6 +166,7 @@ RESET ROLE;
 SELECT used FROM tenancy.check_quota('rows:q_items');               -- no context: TN001
 \set VERBOSITY default
 
+SELECT tenancy.tenant_id('q-acme') AS acme_id, tenancy.tenant_id('q-ent') AS ent_id \gset
 -- api_keys: the tenant's unrevoked keys, checked by _require_quota().
 SELECT tenancy.set_plan_quota('free', 'api_keys', 2);
 INSERT INTO tenancy.api_keys (tenant_id, name, prefix, key_hash)
@@ -181,7 +182,15 @@ SELECT resource, used, quota_limit FROM tenancy.check_quota('api_keys', tenant =
 SELECT resource, allowed, used, quota_limit, remaining, health
   FROM tenancy.quota_usage('q-acme') ORDER BY resource;
 
--- TRUNCATE by an administrator gives every tenant's rows back.
+-- TRUNCATE by an administrator gives every tenant's rows back, including
+-- rows its own transaction inserted before it.
+BEGIN;
+INSERT INTO q_items (tenant_id, body) VALUES (:'ent_id', 'before truncate'), (:'ent_id', 'also');
+TRUNCATE q_items;
+INSERT INTO q_items (tenant_id, body) VALUES (:'ent_id', 'after truncate');
+COMMIT;
+SELECT t, resource, used FROM unnest(ARRAY['q-acme', 'q-ent']) t, tenancy.quota_usage(t)
+ WHERE resource = 'rows:public.q_items' ORDER BY 1;
 TRUNCATE q_items;
 SELECT resource, used FROM tenancy.quota_usage('q-acme') WHERE resource IN ('rows:public.q_items', 'storage_bytes');
 SELECT resource, used FROM tenancy.quota_usage('q-beta') WHERE resource IN ('rows:public.q_items', 'storage_bytes');

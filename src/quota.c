@@ -1236,21 +1236,24 @@ tenancy_quota_forget_relation(Oid relid)
 	}
 	as_owner_end(&s);
 
-	/* The ledger's share, given back (records are added below). */
-	for (int i = 0; i < n; i++)
-		if (shares[i] > 0)
-			quota_add_cached(NULL, &tenants[i], resources[i], relid, -shares[i], false);
-	/* This transaction's own deltas on the table, given back too. */
-	for (int i = 0; i < npending; i++)
+	/*
+	 * This transaction's own net deltas on the table, taken before the
+	 * ledger's share is given back (that adds to the same records).
+	 * Giving back appends records but never removes one: indexes hold.
+	 */
 	{
-		Pending    *p = &pending[i];
-		int64		net;
+		int			nown = npending;
+		int64	   *own = palloc(sizeof(int64) * Max(nown, 1));
 
-		if (p->relid != relid)
-			continue;
-		net = p->pos - p->neg;
-		if (net > 0)
-			pending_release(p, net);
+		for (int i = 0; i < nown; i++)
+			own[i] = pending[i].relid == relid ? pending[i].pos - pending[i].neg : 0;
+		for (int i = 0; i < n; i++)
+			if (shares[i] > 0)
+				quota_add_cached(NULL, &tenants[i], resources[i], relid, -shares[i], false);
+		for (int i = 0; i < nown; i++)
+			if (own[i] > 0)
+				pending_release(&pending[i], own[i]);
+		pfree(own);
 	}
 }
 
