@@ -191,6 +191,15 @@ INSERT INTO q_items (tenant_id, body) VALUES (:'ent_id', 'after truncate');
 COMMIT;
 SELECT t, resource, used FROM unnest(ARRAY['q-acme', 'q-ent']) t, tenancy.quota_usage(t)
  WHERE resource = 'rows:public.q_items' ORDER BY 1;
+-- A TRUNCATE rolled back to a savepoint gives nothing back.
+BEGIN;
+INSERT INTO q_items (tenant_id, body) VALUES (:'ent_id', 'kept'), (:'ent_id', 'kept too');
+SAVEPOINT before_truncate;
+TRUNCATE q_items;
+ROLLBACK TO before_truncate;
+COMMIT;
+SELECT (SELECT count(*) FROM q_items WHERE tenant_id = :'ent_id') AS ent_rows,
+       (SELECT used FROM tenancy.check_quota('rows:q_items', tenant => 'q-ent')) AS ent_used;
 TRUNCATE q_items;
 SELECT resource, used FROM tenancy.quota_usage('q-acme') WHERE resource IN ('rows:public.q_items', 'storage_bytes');
 SELECT resource, used FROM tenancy.quota_usage('q-beta') WHERE resource IN ('rows:public.q_items', 'storage_bytes');

@@ -831,24 +831,49 @@ pending_force(Pending *p, int64 amount)
 	p->pos += amount;
 }
 
+/* What this transaction has reserved on an entry, over all its records. */
+static int64
+own_pos(QuotaEntry *e)
+{
+	int64		pos = 0;
+
+	for (int i = 0; i < npending; i++)
+		if (pending[i].entry == e)
+			pos += pending[i].pos;
+	return pos;
+}
+
 /*
  * Give back amount (> 0), never below zero: what can be given back is the
  * committed usage not already being given back by transactions in flight,
- * plus what this record reserved.  Returns what was given back.
+ * plus what this transaction reserved (its records all belong to open
+ * subtransactions, ancestors of the current one: if one of them aborts,
+ * this release goes too).  Returns what was given back.
  */
 static int64
 pending_release(Pending *p, int64 amount)
 {
 	QuotaEntry *e = p->entry;
-	int64		avail;
-	int64		eff;
+	int64		mine = p->pos;
+	int64		eff = 0;
 
-	SpinLockAcquire(&e->mutex);
-	/* releasing already holds this record's own earlier releases */
-	avail = e->committed - e->releasing + p->pos;
-	eff = Min(amount, Max(avail, 0));
-	e->releasing += eff;
-	SpinLockRelease(&e->mutex);
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		int64		avail;
+
+		SpinLockAcquire(&e->mutex);
+		/* releasing already holds this transaction's earlier releases */
+		avail = e->committed - e->releasing + mine;
+		eff = Min(amount, Max(avail, 0));
+		if (eff == amount || attempt > 0)
+		{
+			e->releasing += eff;
+			SpinLockRelease(&e->mutex);
+			break;
+		}
+		SpinLockRelease(&e->mutex);
+		mine = own_pos(e);
+	}
 	p->neg += eff;
 	return eff;
 }
@@ -1238,8 +1263,9 @@ tenancy_quota_forget_relation(Oid relid)
 
 	/*
 	 * This transaction's own net deltas on the table, taken before the
-	 * ledger's share is given back (that adds to the same records).
-	 * Giving back appends records but never removes one: indexes hold.
+	 * ledger's share is given back (that adds to the records of the
+	 * current subtransaction).  Giving back appends records but never
+	 * removes one: indexes hold.
 	 */
 	{
 		int			nown = npending;
@@ -1250,9 +1276,14 @@ tenancy_quota_forget_relation(Oid relid)
 		for (int i = 0; i < n; i++)
 			if (shares[i] > 0)
 				quota_add_cached(NULL, &tenants[i], resources[i], relid, -shares[i], false);
+		/* released in the current subtransaction, undone if it aborts */
 		for (int i = 0; i < nown; i++)
 			if (own[i] > 0)
-				pending_release(&pending[i], own[i]);
+			{
+				QuotaKey	key = pending[i].entry->key;
+
+				pending_release(pending_get(&key, relid, NULL), own[i]);
+			}
 		pfree(own);
 	}
 }
