@@ -113,6 +113,9 @@ SELECT tenancy.consume_quota('api_calls', -1);
 SELECT tenancy.release_quota('api_keys', 1);
 SELECT tenancy.check_quota(NULL);
 SELECT tenancy.consume_quota(NULL);
+BEGIN READ ONLY;
+SELECT tenancy.consume_quota('api_calls');
+ROLLBACK;
 SELECT tenancy.release_quota('api_calls', NULL);
 
 -- health follows tenancy.soft_limit_ratio.

@@ -53,6 +53,7 @@
 #include "storage/lmgr.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -1478,6 +1479,8 @@ tenancy_consume_quota(PG_FUNCTION_ARGS)
 	tenancy_quota_resource_arg(fcinfo, 0, resource);
 	amount = amount_arg(fcinfo, 1, "amount");
 	require_explicit(resource, "consume_quota");
+	/* it writes the ledger at commit: refuse now, not at COMMIT */
+	PreventCommandIfReadOnly("tenancy.consume_quota()");
 	memcpy(&tenant, tenancy_context_current(), sizeof(pg_uuid_t));
 
 	limit_lookup(&tenant, resource, &has_limit, &limit, &period);
@@ -1517,6 +1520,8 @@ tenancy_release_quota(PG_FUNCTION_ARGS)
 	tenancy_quota_resource_arg(fcinfo, 0, resource);
 	amount = amount_arg(fcinfo, 1, "amount");
 	require_explicit(resource, "release_quota");
+	/* it writes the ledger at commit: refuse now, not at COMMIT */
+	PreventCommandIfReadOnly("tenancy.release_quota()");
 	memcpy(&tenant, tenancy_context_current(), sizeof(pg_uuid_t));
 
 	limit_lookup(&tenant, resource, &has_limit, &limit, &period);
