@@ -53,7 +53,6 @@
 #include "storage/lmgr.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
-#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -1444,6 +1443,20 @@ tenancy_check_quota(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(quota_check_tuple(desc, &tenant, resource, amount, &st)));
 }
 
+/*
+ * consume/release write the ledger at commit: refuse a read-only
+ * transaction now (25006), not at COMMIT.
+ */
+static void
+require_writable(void)
+{
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("tenancy: cannot change quota usage in a read-only transaction"),
+				 errhint("Consume or release quota in a read-write transaction, on the primary.")));
+}
+
 /* Refuse automatic resources in consume/release (22023). */
 static void
 require_explicit(const char *resource, const char *fn)
@@ -1479,8 +1492,7 @@ tenancy_consume_quota(PG_FUNCTION_ARGS)
 	tenancy_quota_resource_arg(fcinfo, 0, resource);
 	amount = amount_arg(fcinfo, 1, "amount");
 	require_explicit(resource, "consume_quota");
-	/* it writes the ledger at commit: refuse now, not at COMMIT */
-	PreventCommandIfReadOnly("tenancy.consume_quota()");
+	require_writable();
 	memcpy(&tenant, tenancy_context_current(), sizeof(pg_uuid_t));
 
 	limit_lookup(&tenant, resource, &has_limit, &limit, &period);
@@ -1520,8 +1532,7 @@ tenancy_release_quota(PG_FUNCTION_ARGS)
 	tenancy_quota_resource_arg(fcinfo, 0, resource);
 	amount = amount_arg(fcinfo, 1, "amount");
 	require_explicit(resource, "release_quota");
-	/* it writes the ledger at commit: refuse now, not at COMMIT */
-	PreventCommandIfReadOnly("tenancy.release_quota()");
+	require_writable();
 	memcpy(&tenant, tenancy_context_current(), sizeof(pg_uuid_t));
 
 	limit_lookup(&tenant, resource, &has_limit, &limit, &period);
