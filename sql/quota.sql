@@ -106,6 +106,25 @@ SELECT tenancy.release_quota('api_calls', 100);                   -- never below
 SELECT tenancy.consume_quota('unlimited_thing', 1000000);         -- no limit: counted
 SELECT period_start = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS day_window
   FROM tenancy.quota_ledger WHERE resource = 'api_calls' LIMIT 1;
+-- Every period starts at a UTC boundary.
+RESET app.tenant_id;
+SELECT tenancy.set_tenant_quota('q-acme', 'per_' || p, 100, p)
+  FROM unnest(ARRAY['minute', 'hour', 'day', 'month']) p;
+SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
+SELECT tenancy.consume_quota('per_' || p, 1) FROM unnest(ARRAY['minute', 'hour', 'day', 'month']) p;
+SELECT l.resource,
+       l.period_start = date_trunc(substr(l.resource, 5), l.period_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+           AS on_a_boundary,
+       l.period_start <= now() AND l.period_start > now() - ('2 ' || substr(l.resource, 5))::interval
+           AS recent_period
+  FROM tenancy.quota_ledger l WHERE l.resource LIKE 'per\_%' ORDER BY 1;
+-- (without their limits, these counters are running totals again, at 0:
+-- nothing below depends on the clock)
+RESET app.tenant_id;
+SELECT tenancy.clear_tenant_quota('q-acme', 'per_' || p)
+  FROM unnest(ARRAY['minute', 'hour', 'day', 'month']) p;
+SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
+SELECT count(*) FROM tenancy.quota_usage() WHERE resource LIKE 'per\_%';
 -- Wrong use.
 SELECT tenancy.consume_quota('rows:q_items', 1);
 SELECT tenancy.consume_quota('storage_bytes', 1);
