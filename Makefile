@@ -23,10 +23,10 @@ ISOLATION_CONTEXT = context-status
 DOCS_CONTEXT = doc/tenancy-context.md
 
 # -- quotas and rate limits
-OBJS_QUOTA = src/shmem.o src/quota.o src/ratelimit.o
-REGRESS_QUOTA =
-ISOLATION_QUOTA =
-DOCS_QUOTA =
+OBJS_QUOTA = src/shmem.o src/quota.o src/quota_count.o src/ratelimit.o
+REGRESS_QUOTA = quota ratelimit
+ISOLATION_QUOTA = quota_consume quota_rows
+DOCS_QUOTA = doc/tenancy-quotas.md
 
 # -- API keys
 OBJS_APIKEY = src/apikey.o src/keyperm.o
@@ -63,7 +63,7 @@ PROVE_TESTS = test/t/*.pl
 # (regular expressions over ../shared/tools/spec-surface.txt, without spaces).
 SPEC_CORE = tenancy\.(create_tenant|tenant_id|update_tenant|suspend_tenant|activate_tenant|delete_tenant|purge_tenant|tenant_status|set_tenant|current_tenant_id|current_tenant|protect|unprotect)\(|relation.tenancy\.(tenants|plans|protected_tables|audit_log)$$|^guc
 SPEC_CONTEXT = tenancy\.(tenant_id|tenant_status|set_tenant|current_tenant_id|current_tenant)\(|^guc.(app\.tenant_id|tenancy\.default_tenant)$$
-SPEC_QUOTA =
+SPEC_QUOTA = tenancy\.(set_plan_quota|set_tenant_quota|clear_tenant_quota|check_quota|consume_quota|release_quota|quota_usage|set_plan_rate_limit|set_tenant_rate_limit|check_rate|enforce_rate|rate_status)\(|relation.tenancy\.(plan_quotas|tenant_quotas)$$|type.tenancy\.quota_check$$|guc.tenancy\.soft_limit_ratio$$
 SPEC_APIKEY = tenancy\.(create_api_key|verify_api_key|authenticate|logout|revoke_api_key|rotate_api_key)\(|relation.tenancy\.api_keys$$
 SPEC_USAGE = tenancy\.(record_usage|rollup_usage|usage|run_maintenance|schedule_maintenance|unschedule_maintenance)\(|relation.tenancy\.(usage_rollups|stats)$$
 space := $(subst ,, )

@@ -324,6 +324,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM tenancy._purge_tenant_usage(tid);
+    PERFORM tenancy._quota_purge(tid);      -- quota usage (section 4)
 END
 $$;
 
@@ -369,6 +370,23 @@ BEGIN
                       AND tgname OPERATOR(pg_catalog.=) 'tenancy_truncate_guard') THEN
         EXECUTE format('CREATE TRIGGER tenancy_truncate_guard BEFORE TRUNCATE ON %s '
                        'FOR EACH STATEMENT EXECUTE FUNCTION tenancy._truncate_guard()', tbl);
+    END IF;
+    -- Quota counting (section 4): rows:<table> and storage_bytes.  The row
+    -- trigger of a partitioned table is cloned onto its partitions; the
+    -- TRUNCATE one is per table, and its creation marks the moment the
+    -- table's present rows start to count.
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) tbl
+                      AND tgname OPERATOR(pg_catalog.=) 'tenancy_quota') THEN
+        EXECUTE format('CREATE TRIGGER tenancy_quota AFTER INSERT OR UPDATE OR DELETE ON %s '
+                       'FOR EACH ROW EXECUTE FUNCTION tenancy._quota_count(%L)', tbl, col);
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER tenancy_quota', tbl);
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) tbl
+                      AND tgname OPERATOR(pg_catalog.=) 'tenancy_quota_truncate') THEN
+        EXECUTE format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION tenancy._quota_truncate()', tbl);
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER tenancy_quota_truncate', tbl);
+        PERFORM tenancy._quota_adopt(tbl, col);
     END IF;
 END
 $$;
@@ -1031,15 +1049,328 @@ CREATE TYPE tenancy.quota_check AS (
     reason      text
 );
 
--- Raise TQ001 if the tenant may not take amount more of resource.  Used by
--- other areas (create_api_key for api_keys).  Stub until quotas exist.
-CREATE FUNCTION tenancy._require_quota(tid uuid, resource text, amount bigint) RETURNS void
-LANGUAGE plpgsql VOLATILE
+-- Internal: the canonical name of a resource (rows:<table> schema-qualified,
+-- resolved with the caller's search_path); 22023 for a period on a
+-- resource counted automatically.
+CREATE FUNCTION tenancy._quota_resource(resource text, period text) RETURNS text
+LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'tenancy_quota_canonical';
+
+-- Internal: raise 22023 unless limit and period are valid.
+CREATE FUNCTION tenancy._check_quota_args(quota_limit bigint, period text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF quota_limit OPERATOR(pg_catalog.<) 0 THEN
+        RAISE EXCEPTION 'tenancy: quota limit must not be negative'
+            USING ERRCODE = '22023', DETAIL = format('The limit given is %s.', quota_limit),
+                  HINT = 'Pass 0 to forbid the resource, or NULL for no limit.';
+    END IF;
+    IF period IS NOT NULL AND period NOT IN ('minute', 'hour', 'day', 'month') THEN
+        RAISE EXCEPTION 'tenancy: invalid quota period "%"', period
+            USING ERRCODE = '22023', HINT = 'Use minute, hour, day, month, or NULL for a running total.';
+    END IF;
 END
 $$;
+
+-- The durable record of committed usage: an append-only ledger of deltas.
+-- Every transaction that changed usage appends its net deltas at commit
+-- (src/quota.c); usage is the sum of a counter's rows.  relid is the leaf
+-- table a rows:/storage_bytes delta came from (its share is given back when
+-- the table is truncated, dropped or unprotected).  period_start is
+-- '-infinity' for running totals.  tenancy._quota_compact() folds it.
+CREATE TABLE tenancy.quota_ledger (
+    tenant_id    uuid NOT NULL,
+    resource     text NOT NULL,
+    period_start timestamptz NOT NULL,
+    relid        regclass,
+    delta        bigint NOT NULL,
+    recorded_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX quota_ledger_key_idx ON tenancy.quota_ledger (tenant_id, resource, period_start);
+CREATE INDEX quota_ledger_relid_idx ON tenancy.quota_ledger (relid) WHERE relid IS NOT NULL;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.quota_ledger', '');
+
+-- Rate limits: token bucket parameters (the buckets live in shared memory).
+CREATE TABLE tenancy.plan_rate_limits (
+    plan        text NOT NULL REFERENCES tenancy.plans (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    resource    text NOT NULL,
+    per_second  float8 NOT NULL,
+    burst       integer NOT NULL,
+    PRIMARY KEY (plan, resource),
+    CONSTRAINT plan_rate_limits_check CHECK (per_second > 0 AND burst >= 1)
+);
+SELECT pg_catalog.pg_extension_config_dump('tenancy.plan_rate_limits', '');
+
+CREATE TABLE tenancy.tenant_rate_limits (
+    tenant_id   uuid NOT NULL REFERENCES tenancy.tenants (id) ON DELETE CASCADE,
+    resource    text NOT NULL,
+    per_second  float8 NOT NULL,
+    burst       integer NOT NULL,
+    PRIMARY KEY (tenant_id, resource),
+    CONSTRAINT tenant_rate_limits_check CHECK (per_second > 0 AND burst >= 1)
+);
+SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_rate_limits', '');
+
+-- Limits are cached by every backend: any change of them, or of a
+-- tenant's plan, tells all backends to look them up again.
+CREATE FUNCTION tenancy._quota_limits_changed() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_quota_limits_changed';
+CREATE TRIGGER tenancy_limits_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON tenancy.plan_quotas FOR EACH STATEMENT EXECUTE FUNCTION tenancy._quota_limits_changed();
+CREATE TRIGGER tenancy_limits_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON tenancy.tenant_quotas FOR EACH STATEMENT EXECUTE FUNCTION tenancy._quota_limits_changed();
+CREATE TRIGGER tenancy_limits_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON tenancy.plan_rate_limits FOR EACH STATEMENT EXECUTE FUNCTION tenancy._quota_limits_changed();
+CREATE TRIGGER tenancy_limits_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON tenancy.tenant_rate_limits FOR EACH STATEMENT EXECUTE FUNCTION tenancy._quota_limits_changed();
+CREATE TRIGGER tenancy_plan_changed AFTER UPDATE OF plan OR DELETE
+    ON tenancy.tenants FOR EACH STATEMENT EXECUTE FUNCTION tenancy._quota_limits_changed();
+
+-- Who reads what: plans' limits are public, a tenant's own limits are
+-- visible to its sessions, the ledger to administrators only.
+GRANT SELECT ON tenancy.plan_quotas, tenancy.plan_rate_limits TO PUBLIC;
+ALTER TABLE tenancy.tenant_quotas ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_quotas_own ON tenancy.tenant_quotas FOR SELECT TO PUBLIC
+    USING (tenant_id OPERATOR(pg_catalog.=) (SELECT tenancy.current_tenant_id()));
+CREATE POLICY tenant_quotas_admin ON tenancy.tenant_quotas FOR SELECT TO tenancy_admin
+    USING (true);
+ALTER TABLE tenancy.tenant_rate_limits ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_rate_limits_own ON tenancy.tenant_rate_limits FOR SELECT TO PUBLIC
+    USING (tenant_id OPERATOR(pg_catalog.=) (SELECT tenancy.current_tenant_id()));
+CREATE POLICY tenant_rate_limits_admin ON tenancy.tenant_rate_limits FOR SELECT TO tenancy_admin
+    USING (true);
+GRANT SELECT ON tenancy.tenant_quotas, tenancy.tenant_rate_limits TO PUBLIC;
+GRANT SELECT ON tenancy.quota_ledger TO tenancy_admin;
+
+-- Internal: store a limit (kind 'plan' or 'tenant'; NULL limit with
+-- remove => delete the row).  Called by the set_*/clear_* wrappers with a
+-- canonical resource name.
+CREATE FUNCTION tenancy._set_quota(kind text, owner_ text, resource text, quota_limit bigint,
+                                   period text, remove boolean)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    tid uuid;
+BEGIN
+    PERFORM tenancy._check_quota_args(quota_limit, period);
+    IF kind OPERATOR(pg_catalog.=) 'plan' THEN
+        PERFORM tenancy._check_plan(owner_);
+        IF owner_ OPERATOR(pg_catalog.=) 'enterprise' THEN
+            RAISE EXCEPTION 'tenancy: the enterprise plan has no limits'
+                USING ERRCODE = '22023',
+                      HINT = 'Set a limit on another plan, or on one tenant with tenancy.set_tenant_quota().';
+        END IF;
+        INSERT INTO tenancy.plan_quotas AS q (plan, resource, quota_limit, period)
+        VALUES (owner_, resource, quota_limit, period)
+        ON CONFLICT (plan, resource) DO UPDATE SET quota_limit = EXCLUDED.quota_limit, period = EXCLUDED.period;
+        PERFORM tenancy._audit('quota.set_plan', NULL, owner_,
+            jsonb_build_object('resource', resource, 'quota_limit', quota_limit, 'period', period));
+    ELSE
+        tid := tenancy.tenant_id(owner_);
+        IF remove THEN
+            DELETE FROM tenancy.tenant_quotas q
+             WHERE q.tenant_id OPERATOR(pg_catalog.=) tid AND q.resource OPERATOR(pg_catalog.=) _set_quota.resource;
+            PERFORM tenancy._audit('quota.clear_tenant', tid, owner_, jsonb_build_object('resource', resource));
+        ELSE
+            INSERT INTO tenancy.tenant_quotas AS q (tenant_id, resource, quota_limit, period)
+            VALUES (tid, resource, quota_limit, period)
+            ON CONFLICT (tenant_id, resource) DO UPDATE SET quota_limit = EXCLUDED.quota_limit, period = EXCLUDED.period;
+            PERFORM tenancy._audit('quota.set_tenant', tid, owner_,
+                jsonb_build_object('resource', resource, 'quota_limit', quota_limit, 'period', period));
+        END IF;
+    END IF;
+END
+$$;
+
+-- The administrative functions resolve rows:<table> with the caller's
+-- search_path (they are not SECURITY DEFINER themselves), then store.
+CREATE FUNCTION tenancy.set_plan_quota(plan text, resource text, quota_limit bigint, period text DEFAULT NULL)
+RETURNS void LANGUAGE sql VOLATILE
+AS $$ SELECT tenancy._set_quota('plan', plan, tenancy._quota_resource(resource, period), quota_limit, period, false) $$;
+
+CREATE FUNCTION tenancy.set_tenant_quota(tenant text, resource text, quota_limit bigint, period text DEFAULT NULL)
+RETURNS void LANGUAGE sql VOLATILE
+AS $$ SELECT tenancy._set_quota('tenant', tenant, tenancy._quota_resource(resource, period), quota_limit, period, false) $$;
+
+CREATE FUNCTION tenancy.clear_tenant_quota(tenant text, resource text)
+RETURNS void LANGUAGE sql VOLATILE
+AS $$ SELECT tenancy._set_quota('tenant', tenant, tenancy._quota_resource(resource, NULL), NULL, NULL, true) $$;
+
+CREATE FUNCTION tenancy.check_quota(resource text, amount bigint DEFAULT 1, tenant text DEFAULT NULL)
+RETURNS tenancy.quota_check
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_check_quota';
+
+CREATE FUNCTION tenancy.consume_quota(resource text, amount bigint DEFAULT 1) RETURNS bigint
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_consume_quota';
+
+CREATE FUNCTION tenancy.release_quota(resource text, amount bigint DEFAULT 1) RETURNS bigint
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_release_quota';
+
+CREATE FUNCTION tenancy.quota_usage(tenant text DEFAULT NULL) RETURNS SETOF tenancy.quota_check
+LANGUAGE c VOLATILE ROWS 10 AS 'MODULE_PATHNAME', 'tenancy_quota_usage';
+
+-- Raise TQ001 if the tenant may not take amount more of resource.  Used by
+-- other areas (create_api_key for api_keys).
+CREATE FUNCTION tenancy._require_quota(tid uuid, resource text, amount bigint) RETURNS void
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_require_quota';
+
+-- Counting triggers of protected tables (attached by _attach_triggers).
+CREATE FUNCTION tenancy._quota_count() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_quota_count';
+CREATE FUNCTION tenancy._quota_truncate() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_quota_truncate';
+-- A newly protected table's rows count from now on.
+CREATE FUNCTION tenancy._quota_adopt(tbl regclass, col name) RETURNS void
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_quota_adopt';
+-- A dropped or unprotected table's share of usage is given back.
+CREATE FUNCTION tenancy._quota_forget(tbl oid) RETURNS void
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_quota_forget';
+-- purge_tenant: the tenant's usage goes.
+CREATE FUNCTION tenancy._quota_purge(tid uuid) RETURNS void
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_quota_purge';
+
+-- sql_drop: a dropped protected table, or a dropped counting trigger
+-- (unprotect), gives its share of usage back.
+CREATE FUNCTION tenancy._quota_on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d record;
+    rel regclass;
+BEGIN
+    FOR d IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
+        IF d.classid OPERATOR(pg_catalog.=) 'pg_class'::regclass AND d.objsubid OPERATOR(pg_catalog.=) 0
+           AND d.object_type OPERATOR(pg_catalog.=) 'table' THEN
+            IF EXISTS (SELECT FROM tenancy.quota_ledger l
+                        WHERE l.relid OPERATOR(pg_catalog.=) d.objid::regclass) THEN
+                PERFORM tenancy._quota_forget(d.objid);
+            END IF;
+        ELSIF d.classid OPERATOR(pg_catalog.=) 'pg_trigger'::regclass
+              AND d.address_names[3] OPERATOR(pg_catalog.=) 'tenancy_quota_truncate' THEN
+            rel := pg_catalog.to_regclass(pg_catalog.format('%I.%I', d.address_names[1], d.address_names[2]));
+            IF rel IS NOT NULL THEN
+                PERFORM tenancy._quota_forget(rel::oid);
+            END IF;
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER tenancy_quota_drop ON sql_drop
+    EXECUTE FUNCTION tenancy._quota_on_sql_drop();
+
+-- Fold the ledger: one row per counter, and rows of periods that ended
+-- more than a month ago removed.  Safe to run at any time, concurrently
+-- with everything (run_maintenance() may call it).  Returns rows removed.
+CREATE FUNCTION tenancy._quota_compact() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    before bigint;
+    after bigint;
+    cutoff timestamptz := (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+                          OPERATOR(pg_catalog.-) interval '1 month';
+BEGIN
+    SELECT count(*) INTO before FROM tenancy.quota_ledger;
+    WITH gone AS (
+        DELETE FROM tenancy.quota_ledger
+        RETURNING tenant_id, resource, period_start, relid, delta
+    )
+    INSERT INTO tenancy.quota_ledger (tenant_id, resource, period_start, relid, delta)
+    SELECT g.tenant_id, g.resource, g.period_start, g.relid, sum(g.delta)
+      FROM gone g
+     WHERE g.period_start OPERATOR(pg_catalog.=) '-infinity'
+        OR g.period_start OPERATOR(pg_catalog.>=) cutoff
+     GROUP BY 1, 2, 3, 4
+    HAVING sum(g.delta) OPERATOR(pg_catalog.<>) 0;
+    SELECT count(*) INTO after FROM tenancy.quota_ledger;
+    RETURN before OPERATOR(pg_catalog.-) after;
+END
+$$;
+
+-- Rate limits.
+CREATE FUNCTION tenancy._rate_resource(resource text) RETURNS text
+LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'tenancy_rate_resource';
+
+CREATE FUNCTION tenancy._set_rate_limit(kind text, owner_ text, resource text, per_second float8,
+                                        burst integer)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    tid uuid;
+    b integer;
+BEGIN
+    IF per_second IS NOT NULL AND (per_second OPERATOR(pg_catalog.<=) 0 OR per_second OPERATOR(pg_catalog.=) 'NaN'
+                                   OR per_second OPERATOR(pg_catalog.=) 'Infinity'
+                                   OR per_second OPERATOR(pg_catalog.>) 1e9) THEN
+        RAISE EXCEPTION 'tenancy: per_second must be a positive number'
+            USING ERRCODE = '22023', DETAIL = format('The rate given is %s.', per_second),
+                  HINT = 'Pass a rate such as 10 (tokens per second), or NULL to remove the limit.';
+    END IF;
+    IF burst IS NOT NULL AND burst OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'tenancy: burst must be at least 1'
+            USING ERRCODE = '22023', HINT = 'Omit it to use ceil(per_second).';
+    END IF;
+    b := coalesce(burst, greatest(ceil(per_second), 1)::integer);
+    IF kind OPERATOR(pg_catalog.=) 'plan' THEN
+        PERFORM tenancy._check_plan(owner_);
+        IF owner_ OPERATOR(pg_catalog.=) 'enterprise' THEN
+            RAISE EXCEPTION 'tenancy: the enterprise plan has no limits'
+                USING ERRCODE = '22023',
+                      HINT = 'Set a rate limit on another plan, or on one tenant with tenancy.set_tenant_rate_limit().';
+        END IF;
+        IF per_second IS NULL THEN
+            DELETE FROM tenancy.plan_rate_limits q
+             WHERE q.plan OPERATOR(pg_catalog.=) owner_ AND q.resource OPERATOR(pg_catalog.=) _set_rate_limit.resource;
+        ELSE
+            INSERT INTO tenancy.plan_rate_limits AS q (plan, resource, per_second, burst)
+            VALUES (owner_, resource, per_second, b)
+            ON CONFLICT (plan, resource) DO UPDATE SET per_second = EXCLUDED.per_second, burst = EXCLUDED.burst;
+        END IF;
+        PERFORM tenancy._audit('rate_limit.set_plan', NULL, owner_,
+            jsonb_build_object('resource', resource, 'per_second', per_second, 'burst', b));
+    ELSE
+        tid := tenancy.tenant_id(owner_);
+        IF per_second IS NULL THEN
+            DELETE FROM tenancy.tenant_rate_limits q
+             WHERE q.tenant_id OPERATOR(pg_catalog.=) tid AND q.resource OPERATOR(pg_catalog.=) _set_rate_limit.resource;
+        ELSE
+            INSERT INTO tenancy.tenant_rate_limits AS q (tenant_id, resource, per_second, burst)
+            VALUES (tid, resource, per_second, b)
+            ON CONFLICT (tenant_id, resource) DO UPDATE SET per_second = EXCLUDED.per_second, burst = EXCLUDED.burst;
+        END IF;
+        PERFORM tenancy._audit('rate_limit.set_tenant', tid, owner_,
+            jsonb_build_object('resource', resource, 'per_second', per_second, 'burst', b));
+    END IF;
+END
+$$;
+
+CREATE FUNCTION tenancy.set_plan_rate_limit(plan text, resource text, per_second float8, burst integer DEFAULT NULL)
+RETURNS void LANGUAGE sql VOLATILE
+AS $$ SELECT tenancy._set_rate_limit('plan', plan, tenancy._rate_resource(resource), per_second, burst) $$;
+
+CREATE FUNCTION tenancy.set_tenant_rate_limit(tenant text, resource text, per_second float8, burst integer DEFAULT NULL)
+RETURNS void LANGUAGE sql VOLATILE
+AS $$ SELECT tenancy._set_rate_limit('tenant', tenant, tenancy._rate_resource(resource), per_second, burst) $$;
+
+CREATE FUNCTION tenancy.check_rate(resource text, cost integer DEFAULT 1) RETURNS boolean
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_check_rate';
+
+CREATE FUNCTION tenancy.enforce_rate(resource text, cost integer DEFAULT 1) RETURNS void
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_enforce_rate';
+
+CREATE FUNCTION tenancy.rate_status(resource text, tenant text DEFAULT NULL)
+RETURNS TABLE (tokens float8, per_second float8, burst integer, retry_after_ms bigint)
+LANGUAGE c VOLATILE ROWS 1 AS 'MODULE_PATHNAME', 'tenancy_rate_status';
 
 -- (end of section 4)
 
@@ -1383,6 +1714,7 @@ DECLARE
     purge_after text := pg_catalog.current_setting('tenancy.purge_after');
     retention text := pg_catalog.current_setting('tenancy.audit_retention');
     folded bigint;
+    compacted bigint;
     expired integer := 0;
     purged integer := 0;
     failed integer := 0;
@@ -1394,6 +1726,8 @@ BEGIN
     PERFORM FROM tenancy.maintenance_state FOR UPDATE;
 
     folded := tenancy.rollup_usage();
+    -- Fold the quota ledger (section 4) so it does not grow without bound.
+    compacted := tenancy._quota_compact();
 
     -- Expiry: an active tenant past expires_at is already treated as expired
     -- everywhere; record it once in the audit log (per expires_at value).
@@ -1445,7 +1779,8 @@ BEGIN
        SET last_run = clock_timestamp(),
            last_result = jsonb_build_object('events_folded', folded, 'tenants_expired', expired,
                                             'tenants_purged', purged, 'purges_failed', failed,
-                                            'audit_rows_deleted', audit_rows);
+                                            'audit_rows_deleted', audit_rows,
+                                            'quota_ledger_rows_compacted', compacted);
 END
 $$;
 
@@ -1514,13 +1849,21 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON tenancy.audit_log
 ALTER TABLE tenancy.audit_log ENABLE ALWAYS TRIGGER audit_log_append_only,
                               ENABLE ALWAYS TRIGGER audit_log_no_truncate;
 
--- Quota usage ratios by tenant and resource, for tenancy.stats.  Stub until
--- quotas exist; the quota area replaces it.
+-- Quota usage ratios by tenant and resource, for tenancy.stats: used over
+-- limit for every resource with a limit, of every tenant not deleted.
 CREATE FUNCTION tenancy._quota_ratios() RETURNS TABLE (tenant text, resource text, ratio float8)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT NULL::text, NULL::text, NULL::float8 WHERE false;
+    SELECT t.slug, q.resource,
+           CASE WHEN q.quota_limit OPERATOR(pg_catalog.>) 0
+                THEN q.used::float8 OPERATOR(pg_catalog./) q.quota_limit
+                ELSE CASE WHEN q.used OPERATOR(pg_catalog.>) 0 THEN 1.0 ELSE 0.0 END
+           END
+      FROM tenancy.tenants t
+     CROSS JOIN LATERAL tenancy.quota_usage(t.id::text) q
+     WHERE q.quota_limit IS NOT NULL
+       AND t.status OPERATOR(pg_catalog.<>) 'deleted';
 $$;
 
 -- Metrics in Prometheus style: (metric, labels, value).  Counters (_total)
@@ -1607,7 +1950,31 @@ GRANT EXECUTE ON FUNCTION
 TO tenancy_admin;
 
 -- Quotas and rate limits.
-
+GRANT EXECUTE ON FUNCTION
+    tenancy.check_quota(text, bigint, text),
+    tenancy.consume_quota(text, bigint),
+    tenancy.release_quota(text, bigint),
+    tenancy.quota_usage(text),
+    tenancy.check_rate(text, integer),
+    tenancy.enforce_rate(text, integer),
+    tenancy.rate_status(text, text)
+TO PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    tenancy.set_plan_quota(text, text, bigint, text),
+    tenancy.set_tenant_quota(text, text, bigint, text),
+    tenancy.clear_tenant_quota(text, text),
+    tenancy.set_plan_rate_limit(text, text, float8, integer),
+    tenancy.set_tenant_rate_limit(text, text, float8, integer),
+    tenancy._quota_resource(text, text),
+    tenancy._rate_resource(text),
+    tenancy._set_quota(text, text, text, bigint, text, boolean),
+    tenancy._set_rate_limit(text, text, text, float8, integer),
+    tenancy._quota_compact()
+TO tenancy_admin;
+-- PostgreSQL 15 checks EXECUTE on a row trigger's function when it clones
+-- the trigger onto a new partition, as the user who creates or attaches
+-- it.  Called any other way than by the trigger manager, it only raises.
+GRANT EXECUTE ON FUNCTION tenancy._quota_count() TO PUBLIC;
 -- (end of quota grants)
 
 -- API keys.  The administration functions are granted to PUBLIC on

@@ -417,5 +417,15 @@ tenancy_guc_init(void)
 							   0,
 							   check_interval_setting, NULL, NULL);
 
+	/* Quota area: the size of the table of rate limit buckets. */
+	DefineCustomIntVariable("tenancy.max_rate_buckets",
+							"How many rate limit buckets shared memory holds.",
+							"One per tenant and resource being rate limited; full buckets are dropped when it runs out.",
+							&tenancy_guc_max_rate_buckets,
+							10000, 16, 1000000,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("tenancy");
 }

@@ -1,22 +1,1756 @@
 /*-------------------------------------------------------------------------
  *
  * quota.c
- *		Quotas: limits, usage counters and their reservations.
+ *		Quotas: limits, shared usage counters and their reservations, and
+ *		the SQL functions check_quota, consume_quota, release_quota,
+ *		quota_usage and tenancy._require_quota.
+ *
+ * Design (doc/tenancy-quotas.md tells the why):
+ *
+ *	- Committed usage is durable in tenancy.quota_ledger, an append-only
+ *	  table of deltas (tenant, resource, period_start, relid, delta).  A
+ *	  transaction appends its net deltas at PRE_COMMIT, in one INSERT, so
+ *	  they commit or vanish with its data.  Appending never waits on a row
+ *	  lock and never fails with a serialization error, whatever the
+ *	  isolation level.
+ *	- Shared memory caches, per (database, tenant, resource, period start),
+ *	  the committed usage plus what transactions in flight have reserved
+ *	  (positive deltas, checked against the limit) and are releasing
+ *	  (negative deltas, kept from going below zero).  A reservation is
+ *	  granted only while committed + reserved + amount <= limit, so the
+ *	  usage committed can never pass the limit, however the transactions in
+ *	  flight end.  At COMMIT the reservations become committed usage; at
+ *	  ABORT (or the abort of the subtransaction that made them) they are
+ *	  dropped.  Nothing waits for another transaction: the only lock held
+ *	  is a spinlock, for a few instructions.
+ *	- An entry is created on first use from the sum of its ledger rows,
+ *	  read with a fresh snapshot; entries used by transactions in flight
+ *	  are pinned and never evicted, so after a restart or a crash usage is
+ *	  rebuilt, lazily and exactly, from the ledger.
+ *	- Limits are cached per backend and looked up again when the shared
+ *	  limits generation (shmem.c) moves: the tables of limits and plans
+ *	  carry triggers that bump it.
+ *
+ * Locking: see shmem.c.  The hash table is guarded by TENANCY_LOCK_QUOTA,
+ * each entry's counters by its spinlock.  An entry is pinned (pins > 0)
+ * while a transaction in flight holds a delta on it; eviction, under the
+ * exclusive lock, removes only unpinned entries.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <math.h>
+
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lwlock.h"
+#include "storage/lmgr.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
 #include "tenancy.h"
 
-/* Shared memory of this area: none yet. */
+PG_FUNCTION_INFO_V1(tenancy_check_quota);
+PG_FUNCTION_INFO_V1(tenancy_consume_quota);
+PG_FUNCTION_INFO_V1(tenancy_release_quota);
+PG_FUNCTION_INFO_V1(tenancy_quota_usage);
+PG_FUNCTION_INFO_V1(tenancy_require_quota);
+PG_FUNCTION_INFO_V1(tenancy_quota_canonical);
+PG_FUNCTION_INFO_V1(tenancy_quota_limits_changed);
+PG_FUNCTION_INFO_V1(tenancy_quota_purge);
+
+/* How many counters shared memory holds before evicting unused ones. */
+#define QUOTA_MAX_ENTRIES 8192
+
+/* Periods of a limit. */
+#define PERIOD_NONE		0
+#define PERIOD_MINUTE	1
+#define PERIOD_HOUR		2
+#define PERIOD_DAY		3
+#define PERIOD_MONTH	4
+
+/* Key of a shared counter: fixed size, zero-padded. */
+typedef struct QuotaKey
+{
+	Oid			dbid;
+	pg_uuid_t	tenant;
+	TimestampTz period_start;	/* DT_NOBEGIN for a running total */
+	char		resource[TENANCY_RESOURCE_LEN];
+} QuotaKey;
+
+typedef struct QuotaEntry
+{
+	QuotaKey	key;			/* hash key: must be first */
+	slock_t		mutex;			/* guards the fields below */
+	int64		committed;		/* committed usage */
+	int64		reserved;		/* positive deltas in flight */
+	int64		releasing;		/* negative deltas in flight */
+	int32		pins;			/* records of transactions in flight */
+	uint64		last_used;		/* for eviction */
+} QuotaEntry;
+
+typedef struct QuotaShared
+{
+	uint64		evictions;		/* under the LWLock */
+	pg_atomic_uint64 clock;		/* use counter, for eviction */
+} QuotaShared;
+
+static QuotaShared *quota_shared = NULL;
+static HTAB *quota_hash = NULL;
+
+/*
+ * A delta of this transaction on one shared counter: one record per
+ * (entry, relation, subtransaction).  Each record holds one pin.
+ */
+typedef struct Pending
+{
+	QuotaEntry *entry;
+	Oid			relid;			/* leaf table for rows:/storage_bytes, else 0 */
+	SubTransactionId subid;
+	int64		pos;			/* reserved */
+	int64		neg;			/* releasing */
+} Pending;
+
+static Pending *pending = NULL;
+static int	npending = 0;
+static int	maxpending = 0;
+static uint64 pending_version = 1;	/* moves when records are removed */
+
+/* Tenants purged by this transaction: their counters restart at commit. */
+static List *purged_tenants = NIL;	/* of pg_uuid_t *, TopMemoryContext */
+
+static bool callbacks_registered = false;
+static bool bump_at_eoxact = false;
+static SPIPlanPtr ledger_insert_plan = NULL;
+
+/* Per-backend cache of limits, valid for one generation. */
+typedef struct LimitKey
+{
+	Oid			dbid;
+	pg_uuid_t	tenant;
+	char		resource[TENANCY_RESOURCE_LEN];
+} LimitKey;
+
+typedef struct LimitEntry
+{
+	LimitKey	key;
+	bool		has_limit;
+	int64		limit;
+	int			period;
+} LimitEntry;
+
+static HTAB *limit_cache = NULL;
+static uint64 limit_cache_gen = 0;
+
+static void quota_xact_callback(XactEvent event, void *arg);
+static void quota_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+								   SubTransactionId parentSubid, void *arg);
+
+/* ---------- shared memory ---------- */
+
 Size
 tenancy_quota_shmem_size(void)
 {
-	return 0;
+	return add_size(MAXALIGN(sizeof(QuotaShared)),
+					hash_estimate_size(QUOTA_MAX_ENTRIES, sizeof(QuotaEntry)));
 }
 
 void
 tenancy_quota_shmem_startup(void)
 {
+	bool		found;
+	HASHCTL		info;
+
+	quota_shared = ShmemInitStruct("tenancy quota", sizeof(QuotaShared), &found);
+	if (!found)
+	{
+		quota_shared->evictions = 0;
+		pg_atomic_init_u64(&quota_shared->clock, 0);
+	}
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(QuotaKey);
+	info.entrysize = sizeof(QuotaEntry);
+	quota_hash = ShmemInitHash("tenancy quota counters",
+							   QUOTA_MAX_ENTRIES, QUOTA_MAX_ENTRIES,
+							   &info, HASH_ELEM | HASH_BLOBS);
+}
+
+/* Register the transaction callbacks of this file, once per backend. */
+static void
+quota_register_callbacks(void)
+{
+	if (callbacks_registered)
+		return;
+	RegisterXactCallback(quota_xact_callback, NULL);
+	RegisterSubXactCallback(quota_subxact_callback, NULL);
+	callbacks_registered = true;
+}
+
+void
+tenancy_quota_init(void)
+{
+	quota_register_callbacks();
+}
+
+/* ---------- SPI as the extension's owner ---------- */
+
+/*
+ * Internal queries read and write tenancy's own tables, which tenant
+ * sessions may not touch: run them as the bootstrap superuser, with a
+ * security-restricted context so nothing user-defined can run as it.  An
+ * error restores the user at (sub)transaction abort.
+ */
+typedef struct AsOwner
+{
+	Oid			save_user;
+	int			save_sec;
+} AsOwner;
+
+static void
+as_owner_begin(AsOwner *s)
+{
+	GetUserIdAndSecContext(&s->save_user, &s->save_sec);
+	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
+						   s->save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "tenancy: SPI_connect failed");
+}
+
+static void
+as_owner_end(AsOwner *s)
+{
+	SPI_finish();
+	SetUserIdAndSecContext(s->save_user, s->save_sec);
+}
+
+/*
+ * Run a read-only query with a fresh snapshot: the latest committed state,
+ * whatever the isolation level, plus this transaction's own changes.
+ */
+static void
+spi_read_latest(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	int			rc;
+
+	PushActiveSnapshot(GetLatestSnapshot());
+	rc = SPI_execute_with_args(sql, nargs, types, values, NULL, true, 0);
+	PopActiveSnapshot();
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "tenancy: internal query failed: %s", SPI_result_code_string(rc));
+}
+
+static int64
+spi_int64(int row, int col, bool *isnull)
+{
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);
+
+	return *isnull ? 0 : DatumGetInt64(d);
+}
+
+/* ---------- periods ---------- */
+
+static int
+period_from_text(const char *p)
+{
+	if (p == NULL)
+		return PERIOD_NONE;
+	if (strcmp(p, "minute") == 0)
+		return PERIOD_MINUTE;
+	if (strcmp(p, "hour") == 0)
+		return PERIOD_HOUR;
+	if (strcmp(p, "day") == 0)
+		return PERIOD_DAY;
+	if (strcmp(p, "month") == 0)
+		return PERIOD_MONTH;
+	return PERIOD_NONE;
+}
+
+/* The start of the UTC period containing now; DT_NOBEGIN for none. */
+static TimestampTz
+period_start(int period)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int64		unit;
+
+	switch (period)
+	{
+		case PERIOD_MINUTE:
+			unit = USECS_PER_MINUTE;
+			break;
+		case PERIOD_HOUR:
+			unit = USECS_PER_HOUR;
+			break;
+		case PERIOD_DAY:
+			unit = USECS_PER_DAY;
+			break;
+		case PERIOD_MONTH:
+			{
+				struct pg_tm tm;
+				fsec_t		fsec;
+				TimestampTz result;
+
+				if (timestamp2tm(now, NULL, &tm, &fsec, NULL, NULL) != 0)
+					elog(ERROR, "tenancy: timestamp out of range");
+				tm.tm_mday = 1;
+				tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+				if (tm2timestamp(&tm, 0, NULL, &result) != 0)
+					elog(ERROR, "tenancy: timestamp out of range");
+				return result;
+			}
+		default:
+			return DT_NOBEGIN;
+	}
+	return now - (((now % unit) + unit) % unit);
+}
+
+/* ---------- resources ---------- */
+
+/* Is this resource counted automatically (not consumable by hand)? */
+static bool
+resource_is_automatic(const char *resource)
+{
+	return strncmp(resource, "rows:", 5) == 0 ||
+		strcmp(resource, "storage_bytes") == 0 ||
+		strcmp(resource, "api_keys") == 0;
+}
+
+/*
+ * Canonicalise a resource name into out (TENANCY_RESOURCE_LEN bytes):
+ * rows:<table> names the table schema-qualified, as regclass::text prints
+ * it with search_path = pg_catalog, whatever the caller's search_path.
+ * 22023 for an empty or too long name, or a table that does not exist.
+ */
+static void
+canonical_resource(const char *in, char *out)
+{
+	if (in == NULL || in[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: resource must not be empty"),
+				 errhint("Name a resource such as 'api_calls', 'storage_bytes' or 'rows:public.orders'.")));
+	if (strncmp(in, "rows:", 5) == 0)
+	{
+		List	   *names;
+		Oid			relid;
+		char	   *name;
+
+		names = stringToQualifiedNameList(in + 5);
+		relid = RangeVarGetRelid(makeRangeVarFromNameList(names), NoLock, true);
+		if (!OidIsValid(relid) || get_rel_relkind(relid) == 0 ||
+			(get_rel_relkind(relid) != RELKIND_RELATION &&
+			 get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("tenancy: resource \"%s\" names no table", in),
+					 errhint("rows:<table> takes a table name as regclass accepts it, e.g. 'rows:public.orders'.")));
+		name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+										  get_rel_name(relid));
+		if (strlen(name) + 5 >= TENANCY_RESOURCE_LEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("tenancy: resource name is too long"),
+					 errdetail("Resource names are limited to %d bytes.", TENANCY_RESOURCE_LEN - 1)));
+		memset(out, 0, TENANCY_RESOURCE_LEN);
+		snprintf(out, TENANCY_RESOURCE_LEN, "rows:%s", name);
+		return;
+	}
+	if (strlen(in) >= TENANCY_RESOURCE_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: resource name is too long"),
+				 errdetail("Resource names are limited to %d bytes.", TENANCY_RESOURCE_LEN - 1)));
+	memset(out, 0, TENANCY_RESOURCE_LEN);
+	strlcpy(out, in, TENANCY_RESOURCE_LEN);
+}
+
+/* Fetch a resource argument, canonicalised, or raise 22023. */
+void
+tenancy_quota_resource_arg(FunctionCallInfo fcinfo, int argno, char *out)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: resource must not be null"),
+				 errhint("Name a resource such as 'api_calls'.")));
+	canonical_resource(text_to_cstring(PG_GETARG_TEXT_PP(argno)), out);
+}
+
+/*
+ * The tenant a function acts for: its "tenant" argument when given (for
+ * administrators; others get 42501 for any tenant not their own, whether
+ * it exists or not), else the validated context (TN001 without one).
+ * Returns whether the caller is acting through the argument.
+ */
+bool
+tenancy_quota_tenant_arg(FunctionCallInfo fcinfo, int argno, pg_uuid_t *out)
+{
+	TenancyTenant tenant;
+	char	   *arg;
+
+	if (argno >= PG_NARGS() || PG_ARGISNULL(argno))
+	{
+		memcpy(out, tenancy_context_current(), sizeof(pg_uuid_t));
+		return false;
+	}
+	arg = text_to_cstring(PG_GETARG_TEXT_PP(argno));
+	if (tenancy_context_is_admin())
+		tenancy_tenant_resolve(arg, &tenant);
+	else if (!tenancy_tenant_try_resolve(arg, &tenant))
+	{
+		pg_uuid_t	nobody;
+
+		memset(&nobody, 0, sizeof(nobody));
+		tenancy_context_require_own(&nobody);	/* raises 42501 */
+	}
+	else
+		tenancy_context_require_own(&tenant.id);
+	memcpy(out, &tenant.id, sizeof(pg_uuid_t));
+	return true;
+}
+
+/* A tenant's slug for messages (its uuid when it has none any more). */
+static char *
+tenant_label(const pg_uuid_t *tenant)
+{
+	TenancyTenant t;
+	char		buf[TENANCY_UUID_STRLEN + 1];
+
+	if (tenancy_tenant_lookup(tenant, &t))
+		return pstrdup(t.slug);
+	tenancy_uuid_format(tenant, buf);
+	return pstrdup(buf);
+}
+
+/* ---------- limits ---------- */
+
+/*
+ * The limit of a resource for a tenant: its own row of tenant_quotas, else
+ * its plan's row of plan_quotas (none for the enterprise plan).  Cached per
+ * backend for one limits generation; looked up with a fresh snapshot so a
+ * REPEATABLE READ transaction does not cache a stale limit.
+ */
+static void
+limit_lookup(const pg_uuid_t *tenant, const char *resource, bool *has_limit,
+			 int64 *limit, int *period)
+{
+	uint64		gen = tenancy_shmem_generation();
+	LimitKey	key;
+	LimitEntry *le;
+	bool		found;
+
+	if (limit_cache == NULL || limit_cache_gen != gen)
+	{
+		HASHCTL		info;
+
+		if (limit_cache)
+			hash_destroy(limit_cache);
+		memset(&info, 0, sizeof(info));
+		info.keysize = sizeof(LimitKey);
+		info.entrysize = sizeof(LimitEntry);
+		info.hcxt = TopMemoryContext;
+		limit_cache = hash_create("tenancy limits", 64, &info,
+								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		limit_cache_gen = gen;
+	}
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	memcpy(&key.tenant, tenant, sizeof(pg_uuid_t));
+	strlcpy(key.resource, resource, TENANCY_RESOURCE_LEN);
+	le = hash_search(limit_cache, &key, HASH_FIND, &found);
+	if (!found)
+	{
+		AsOwner		s;
+		Oid			types[2] = {UUIDOID, TEXTOID};
+		Datum		values[2];
+		bool		isnull;
+		bool		hl = false;
+		int64		lim = 0;
+		int			per = PERIOD_NONE;
+
+		values[0] = UUIDPGetDatum(tenant);
+		values[1] = CStringGetTextDatum(resource);
+		as_owner_begin(&s);
+		spi_read_latest("SELECT q.quota_limit, q.period FROM tenancy.tenants t "
+						"CROSS JOIN LATERAL ("
+						"  SELECT tq.quota_limit, tq.period, 1 AS src FROM tenancy.tenant_quotas tq"
+						"   WHERE tq.tenant_id OPERATOR(pg_catalog.=) t.id"
+						"     AND tq.resource OPERATOR(pg_catalog.=) $2"
+						"  UNION ALL"
+						"  SELECT pq.quota_limit, pq.period, 2 FROM tenancy.plan_quotas pq"
+						"   WHERE pq.plan OPERATOR(pg_catalog.=) t.plan"
+						"     AND t.plan OPERATOR(pg_catalog.<>) 'enterprise'"
+						"     AND pq.resource OPERATOR(pg_catalog.=) $2"
+						"  ORDER BY 3 LIMIT 1) q "
+						"WHERE t.id OPERATOR(pg_catalog.=) $1",
+						2, types, values);
+		if (SPI_processed > 0)
+		{
+			lim = spi_int64(0, 1, &isnull);
+			hl = !isnull;
+			if (hl)
+			{
+				char	   *p = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+
+				per = period_from_text(p);
+			}
+		}
+		as_owner_end(&s);
+		/* Automatic resources are running totals whatever a row says. */
+		if (resource_is_automatic(resource))
+			per = PERIOD_NONE;
+		le = hash_search(limit_cache, &key, HASH_ENTER, &found);
+		le->has_limit = hl;
+		le->limit = lim;
+		le->period = per;
+	}
+	*has_limit = le->has_limit;
+	*limit = le->limit;
+	*period = le->period;
+}
+
+/* ---------- shared counters ---------- */
+
+static void
+make_key(QuotaKey *key, const pg_uuid_t *tenant, const char *resource,
+		 TimestampTz pstart)
+{
+	memset(key, 0, sizeof(QuotaKey));
+	key->dbid = MyDatabaseId;
+	memcpy(&key->tenant, tenant, sizeof(pg_uuid_t));
+	key->period_start = pstart;
+	strlcpy(key->resource, resource, TENANCY_RESOURCE_LEN);
+}
+
+/* The committed usage of a counter according to the ledger, read fresh. */
+static int64
+ledger_sum(const QuotaKey *key)
+{
+	AsOwner		s;
+	Oid			types[3] = {UUIDOID, TEXTOID, TIMESTAMPTZOID};
+	Datum		values[3];
+	bool		isnull;
+	int64		sum;
+
+	values[0] = UUIDPGetDatum(&key->tenant);
+	values[1] = CStringGetTextDatum(key->resource);
+	values[2] = TimestampTzGetDatum(key->period_start);
+	as_owner_begin(&s);
+	spi_read_latest("SELECT pg_catalog.sum(delta)::pg_catalog.int8 FROM tenancy.quota_ledger"
+					" WHERE tenant_id OPERATOR(pg_catalog.=) $1"
+					"   AND resource OPERATOR(pg_catalog.=) $2"
+					"   AND period_start OPERATOR(pg_catalog.=) $3",
+					3, types, values);
+	sum = spi_int64(0, 1, &isnull);
+	as_owner_end(&s);
+	return sum < 0 ? 0 : sum;
+}
+
+static int
+cmp_uint64(const void *a, const void *b)
+{
+	uint64		x = *(const uint64 *) a;
+	uint64		y = *(const uint64 *) b;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+/*
+ * Remove about a quarter of the unpinned entries, least recently used
+ * first.  Caller holds the lock exclusively.  Their usage is in the
+ * ledger: they are rebuilt from it when next used.
+ */
+static void
+evict_entries(void)
+{
+	HASH_SEQ_STATUS seq;
+	QuotaEntry *e;
+	uint64	   *ages;
+	int			n = 0;
+	int			cap = hash_get_num_entries(quota_hash);
+	uint64		cutoff;
+
+	ages = palloc(sizeof(uint64) * Max(cap, 1));
+	hash_seq_init(&seq, quota_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->pins == 0 && n < cap)
+			ages[n++] = e->last_used;
+	if (n == 0)
+	{
+		pfree(ages);
+		return;
+	}
+	qsort(ages, n, sizeof(uint64), cmp_uint64);
+	cutoff = ages[Min(n - 1, n / 4)];
+	pfree(ages);
+	hash_seq_init(&seq, quota_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->pins == 0 && e->last_used <= cutoff)
+			hash_search(quota_hash, &e->key, HASH_REMOVE, NULL);
+	quota_shared->evictions++;
+}
+
+/*
+ * Find or create the shared counter of key and pin it.  A new counter is
+ * built from the ledger, read before taking the exclusive lock; if any
+ * counter was evicted meanwhile the read is repeated, since the evicted
+ * one might have been this one with newer usage.
+ */
+static QuotaEntry *
+entry_acquire(const QuotaKey *key)
+{
+	LWLock	   *lock = tenancy_shmem_lock(TENANCY_LOCK_QUOTA);
+	QuotaEntry *e;
+	uint64		tick = pg_atomic_fetch_add_u64(&quota_shared->clock, 1);
+
+	for (;;)
+	{
+		uint64		evictions;
+		int64		sum;
+		bool		found;
+
+		LWLockAcquire(lock, LW_SHARED);
+		e = hash_search(quota_hash, key, HASH_FIND, NULL);
+		if (e)
+		{
+			SpinLockAcquire(&e->mutex);
+			e->pins++;
+			e->last_used = tick;
+			SpinLockRelease(&e->mutex);
+			LWLockRelease(lock);
+			return e;
+		}
+		evictions = quota_shared->evictions;
+		LWLockRelease(lock);
+
+		sum = ledger_sum(key);
+
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		e = hash_search(quota_hash, key, HASH_FIND, NULL);
+		if (e)
+		{
+			SpinLockAcquire(&e->mutex);
+			e->pins++;
+			e->last_used = tick;
+			SpinLockRelease(&e->mutex);
+			LWLockRelease(lock);
+			return e;
+		}
+		if (quota_shared->evictions != evictions)
+		{
+			LWLockRelease(lock);
+			continue;
+		}
+		if (hash_get_num_entries(quota_hash) >= QUOTA_MAX_ENTRIES)
+			evict_entries();
+		if (hash_get_num_entries(quota_hash) >= QUOTA_MAX_ENTRIES)
+		{
+			LWLockRelease(lock);
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("tenancy: too many quota counters in use"),
+					 errdetail("All %d shared quota counters are held by transactions in progress.",
+							   QUOTA_MAX_ENTRIES),
+					 errhint("Retry when fewer transactions are in progress.")));
+		}
+		e = hash_search(quota_hash, key, HASH_ENTER_NULL, &found);
+		if (e == NULL)
+		{
+			LWLockRelease(lock);
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("tenancy: out of shared memory for quota counters")));
+		}
+		SpinLockInit(&e->mutex);
+		e->committed = sum;
+		e->reserved = 0;
+		e->releasing = 0;
+		e->pins = 1;
+		e->last_used = tick;
+		LWLockRelease(lock);
+		return e;
+	}
+}
+
+/*
+ * Read a counter without pinning it: committed usage and the amount
+ * reserved by transactions in flight.  Builds it from the ledger if need
+ * be (a cache fill, not a change of usage).
+ */
+static void
+entry_peek(const QuotaKey *key, int64 *committed, int64 *reserved)
+{
+	QuotaEntry *e = entry_acquire(key);
+
+	SpinLockAcquire(&e->mutex);
+	*committed = e->committed;
+	*reserved = e->reserved;
+	e->pins--;
+	SpinLockRelease(&e->mutex);
+}
+
+/* ---------- this transaction's records ---------- */
+
+/*
+ * The record of this transaction for (entry of key, relid) in the current
+ * subtransaction, created (and the entry pinned) if missing.
+ */
+static Pending *
+pending_get(const QuotaKey *key, Oid relid, int *index)
+{
+	SubTransactionId subid = GetCurrentSubTransactionId();
+	QuotaEntry *e;
+	int			i;
+
+	for (i = npending - 1; i >= 0; i--)
+	{
+		Pending    *p = &pending[i];
+
+		if (p->subid == subid && p->relid == relid &&
+			memcmp(&p->entry->key, key, sizeof(QuotaKey)) == 0)
+		{
+			if (index)
+				*index = i;
+			return p;
+		}
+	}
+	quota_register_callbacks();
+	/* Room first, so that a pinned entry is never left without a record. */
+	if (npending >= maxpending)
+	{
+		int			newmax = maxpending == 0 ? 16 : maxpending * 2;
+
+		if (pending == NULL)
+			pending = MemoryContextAlloc(TopMemoryContext, sizeof(Pending) * newmax);
+		else
+			pending = repalloc(pending, sizeof(Pending) * newmax);
+		maxpending = newmax;
+	}
+	e = entry_acquire(key);
+	i = npending++;
+	pending[i].entry = e;
+	pending[i].relid = relid;
+	pending[i].subid = subid;
+	pending[i].pos = 0;
+	pending[i].neg = 0;
+	if (index)
+		*index = i;
+	return &pending[i];
+}
+
+/* This transaction's net delta on an entry, over all its records. */
+static int64
+own_net(QuotaEntry *e)
+{
+	int64		net = 0;
+
+	for (int i = 0; i < npending; i++)
+		if (pending[i].entry == e)
+			net += pending[i].pos - pending[i].neg;
+	return net;
+}
+
+/* What this transaction is giving back on an entry, over all its records. */
+static int64
+own_neg(QuotaEntry *e)
+{
+	int64		neg = 0;
+
+	for (int i = 0; i < npending; i++)
+		if (pending[i].entry == e)
+			neg += pending[i].neg;
+	return neg;
+}
+
+/*
+ * Reserve amount (> 0) on a record's counter if the limit allows it:
+ * committed + reserved + amount <= limit.  When that fails, what this
+ * transaction is giving back on the same counter is credited (a delete and
+ * an insert in one transaction, a row moving between partitions): it is
+ * certain to be given back if this transaction commits, and if it aborts
+ * the reservation goes too.  Every record alive belongs to a
+ * subtransaction that is still open, so an ancestor of the current one,
+ * whose abort would take this reservation along.  Returns false, with the
+ * committed usage in *used, when it does not fit.
+ */
+static bool
+pending_reserve(Pending *p, int64 amount, bool has_limit, int64 limit, int64 *used)
+{
+	QuotaEntry *e = p->entry;
+	bool		ok;
+	int64		credit = 0;
+
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		SpinLockAcquire(&e->mutex);
+		*used = e->committed;
+		ok = !has_limit ||
+			(e->committed + e->reserved + amount - credit <= limit &&
+			 e->committed + e->reserved + amount >= 0);
+		if (ok)
+			e->reserved += amount;
+		SpinLockRelease(&e->mutex);
+		if (ok || attempt > 0)
+			break;
+		credit = own_neg(e);
+		if (credit == 0)
+			break;
+	}
+	if (ok)
+		p->pos += amount;
+	return ok;
+}
+
+/*
+ * Take a reservation without looking at the limit (rows present when a
+ * table is protected: they exist already).
+ */
+static void
+pending_force(Pending *p, int64 amount)
+{
+	QuotaEntry *e = p->entry;
+
+	SpinLockAcquire(&e->mutex);
+	e->reserved += amount;
+	SpinLockRelease(&e->mutex);
+	p->pos += amount;
+}
+
+/* What this transaction has reserved on an entry, over all its records. */
+static int64
+own_pos(QuotaEntry *e)
+{
+	int64		pos = 0;
+
+	for (int i = 0; i < npending; i++)
+		if (pending[i].entry == e)
+			pos += pending[i].pos;
+	return pos;
+}
+
+/*
+ * Give back amount (> 0), never below zero: what can be given back is the
+ * committed usage not already being given back by transactions in flight,
+ * plus what this transaction reserved (its records all belong to open
+ * subtransactions, ancestors of the current one: if one of them aborts,
+ * this release goes too).  Returns what was given back.
+ */
+static int64
+pending_release(Pending *p, int64 amount)
+{
+	QuotaEntry *e = p->entry;
+	int64		mine = p->pos;
+	int64		eff = 0;
+
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		int64		avail;
+
+		SpinLockAcquire(&e->mutex);
+		/* releasing already holds this transaction's earlier releases */
+		avail = e->committed - e->releasing + mine;
+		eff = Min(amount, Max(avail, 0));
+		if (eff == amount || attempt > 0)
+		{
+			e->releasing += eff;
+			SpinLockRelease(&e->mutex);
+			break;
+		}
+		SpinLockRelease(&e->mutex);
+		mine = own_pos(e);
+	}
+	p->neg += eff;
+	return eff;
+}
+
+/* Undo a record's deltas in shared memory and unpin (abort). */
+static void
+pending_undo(Pending *p)
+{
+	QuotaEntry *e = p->entry;
+
+	SpinLockAcquire(&e->mutex);
+	e->reserved -= p->pos;
+	e->releasing -= p->neg;
+	e->pins--;
+	SpinLockRelease(&e->mutex);
+}
+
+/* Make a record's deltas committed usage and unpin (commit). */
+static void
+pending_apply(Pending *p, bool reset)
+{
+	QuotaEntry *e = p->entry;
+
+	SpinLockAcquire(&e->mutex);
+	e->reserved -= p->pos;
+	e->releasing -= p->neg;
+	if (reset)
+		e->committed = 0;
+	else
+		e->committed += p->pos - p->neg;
+	if (e->committed < 0)
+		e->committed = 0;
+	e->pins--;
+	SpinLockRelease(&e->mutex);
+}
+
+static void
+pending_remove(int i)
+{
+	pending[i] = pending[npending - 1];
+	npending--;
+	pending_version++;
+}
+
+static bool
+tenant_purged(const pg_uuid_t *tenant)
+{
+	ListCell   *lc;
+
+	foreach(lc, purged_tenants)
+		if (memcmp(lfirst(lc), tenant, sizeof(pg_uuid_t)) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * PRE_COMMIT: append this transaction's net deltas to the ledger, in one
+ * INSERT.  It runs inside the transaction, so the deltas commit with the
+ * data they count, or not at all.
+ */
+static void
+ledger_write(void)
+{
+	Datum	   *tenants;
+	Datum	   *resources;
+	Datum	   *starts;
+	Datum	   *relids;
+	Datum	   *deltas;
+	int			n = 0;
+	AsOwner		s;
+	Datum		values[5];
+	int			rc;
+
+	if (npending == 0)
+		return;
+	tenants = palloc(sizeof(Datum) * npending);
+	resources = palloc(sizeof(Datum) * npending);
+	starts = palloc(sizeof(Datum) * npending);
+	relids = palloc(sizeof(Datum) * npending);
+	deltas = palloc(sizeof(Datum) * npending);
+	for (int i = 0; i < npending; i++)
+	{
+		Pending    *p = &pending[i];
+
+		if (p->pos == p->neg || tenant_purged(&p->entry->key.tenant))
+			continue;
+		tenants[n] = UUIDPGetDatum(&p->entry->key.tenant);
+		resources[n] = CStringGetTextDatum(p->entry->key.resource);
+		starts[n] = TimestampTzGetDatum(p->entry->key.period_start);
+		relids[n] = ObjectIdGetDatum(p->relid);
+		deltas[n] = Int64GetDatum(p->pos - p->neg);
+		n++;
+	}
+	if (n == 0)
+		return;
+	values[0] = PointerGetDatum(construct_array(tenants, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	values[1] = PointerGetDatum(construct_array(resources, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(starts, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[3] = PointerGetDatum(construct_array(relids, n, OIDOID, 4, true, TYPALIGN_INT));
+	values[4] = PointerGetDatum(construct_array(deltas, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+
+	as_owner_begin(&s);
+	if (ledger_insert_plan == NULL)
+	{
+		Oid			types[5] = {UUIDARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+		OIDARRAYOID, INT8ARRAYOID};
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare("INSERT INTO tenancy.quota_ledger"
+						   " (tenant_id, resource, period_start, relid, delta)"
+						   " SELECT u.t, u.r, u.p,"
+						   "   CASE WHEN u.o OPERATOR(pg_catalog.=) 0::pg_catalog.oid THEN NULL"
+						   "        ELSE u.o::pg_catalog.regclass END, u.d"
+						   " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+						   "   pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
+						   "   AS u(t, r, p, o, d)",
+						   5, types);
+		if (plan == NULL)
+			elog(ERROR, "tenancy: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		ledger_insert_plan = plan;
+	}
+	PushActiveSnapshot(GetTransactionSnapshot());
+	rc = SPI_execute_plan(ledger_insert_plan, values, NULL, false, 0);
+	PopActiveSnapshot();
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "tenancy: writing the quota ledger failed: %s", SPI_result_code_string(rc));
+	as_owner_end(&s);
+}
+
+/* At commit of a purge: forget the shared counters of purged tenants. */
+static void
+reset_purged_entries(void)
+{
+	LWLock	   *lock = tenancy_shmem_lock(TENANCY_LOCK_QUOTA);
+	HASH_SEQ_STATUS seq;
+	QuotaEntry *e;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, quota_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		if (e->key.dbid != MyDatabaseId || !tenant_purged(&e->key.tenant))
+			continue;
+		SpinLockAcquire(&e->mutex);
+		e->committed = 0;
+		SpinLockRelease(&e->mutex);
+		if (e->pins == 0)
+			hash_search(quota_hash, &e->key, HASH_REMOVE, NULL);
+	}
+	quota_shared->evictions++;
+	LWLockRelease(lock);
+}
+
+static void
+quota_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			ledger_write();
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			if (npending > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("tenancy: cannot PREPARE a transaction that changed quota usage"),
+						 errdetail("Quota reservations live in the session that made them."),
+						 errhint("Commit the transaction without two-phase commit.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			for (int i = 0; i < npending; i++)
+				pending_apply(&pending[i], tenant_purged(&pending[i].entry->key.tenant));
+			if (purged_tenants != NIL)
+				reset_purged_entries();
+			/* fall through */
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+				for (int i = 0; i < npending; i++)
+					pending_undo(&pending[i]);
+			if (npending > 0)
+				pending_version++;
+			npending = 0;
+			if (purged_tenants != NIL)
+			{
+				list_free_deep(purged_tenants);
+				purged_tenants = NIL;
+			}
+			if (bump_at_eoxact)
+			{
+				tenancy_shmem_bump_generation();
+				bump_at_eoxact = false;
+			}
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+quota_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	int			i;
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		for (i = npending - 1; i >= 0; i--)
+			if (pending[i].subid == mySubid)
+			{
+				pending_undo(&pending[i]);
+				pending_remove(i);
+			}
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		for (i = npending - 1; i >= 0; i--)
+		{
+			if (pending[i].subid != mySubid)
+				continue;
+			/* merge into the parent's record of the same counter, if any */
+			for (int j = 0; j < npending; j++)
+			{
+				if (j != i && pending[j].subid == parentSubid &&
+					pending[j].entry == pending[i].entry &&
+					pending[j].relid == pending[i].relid)
+				{
+					QuotaEntry *e = pending[i].entry;
+
+					pending[j].pos += pending[i].pos;
+					pending[j].neg += pending[i].neg;
+					SpinLockAcquire(&e->mutex);
+					e->pins--;
+					SpinLockRelease(&e->mutex);
+					pending_remove(i);
+					goto next;
+				}
+			}
+			pending[i].subid = parentSubid;
+	next:
+			;
+		}
+	}
+}
+
+/* ---------- the internal API ---------- */
+
+static void
+raise_quota_exceeded(const pg_uuid_t *tenant, const char *resource,
+					 int64 used, int64 amount, int64 limit)
+{
+	char		denied[TENANCY_RESOURCE_LEN + 16];
+
+	snprintf(denied, sizeof(denied), "quota_denied:%s", resource);
+	tenancy_usage_record(tenant, denied, 1, true);
+	ereport(ERROR,
+			(errcode(ERRCODE_TENANCY_QUOTA_EXCEEDED),
+			 errmsg("tenancy: quota exceeded for resource \"%s\"", resource),
+			 errdetail("Tenant \"%s\", resource \"%s\": used " INT64_FORMAT ", amount " INT64_FORMAT ", limit " INT64_FORMAT ".",
+					   tenant_label(tenant), resource, used, amount, limit),
+			 errhint("Free some usage, or ask an administrator to raise the limit with tenancy.set_tenant_quota().")));
+}
+
+/*
+ * Add delta to a tenant's usage of resource in this transaction, counted
+ * against relid (the leaf table, for rows:/storage_bytes; else 0).  A
+ * positive delta is checked against the limit when enforce is set (TQ001
+ * when it would pass it); a negative one never takes usage below zero.
+ * The cache, when given, remembers the record and limit between calls of
+ * the same statement: no look-up per row.
+ */
+static void
+quota_add_cached(TenancyQuotaCache *c, const pg_uuid_t *tenant,
+				 const char *resource, Oid relid, int64 delta, bool enforce)
+{
+	Pending    *p = NULL;
+	uint64		gen = tenancy_shmem_generation();
+	int64		used;
+	TenancyQuotaCache local;
+
+	if (delta == 0)
+		return;
+	if (c && c->valid && c->version == pending_version && c->gen == gen &&
+		c->subid == GetCurrentSubTransactionId() && c->relid == relid &&
+		c->index < npending &&
+		memcmp(&c->tenant, tenant, sizeof(pg_uuid_t)) == 0)
+		p = &pending[c->index];
+	else
+	{
+		QuotaKey	key;
+		bool		has_limit;
+		int64		limit;
+		int			period;
+		int			index;
+
+		limit_lookup(tenant, resource, &has_limit, &limit, &period);
+		make_key(&key, tenant, resource, period_start(period));
+		p = pending_get(&key, relid, &index);
+		if (c)
+		{
+			c->valid = true;
+			c->version = pending_version;
+			c->gen = gen;
+			c->subid = GetCurrentSubTransactionId();
+			c->relid = relid;
+			c->index = index;
+			memcpy(&c->tenant, tenant, sizeof(pg_uuid_t));
+			c->has_limit = has_limit;
+			c->limit = limit;
+		}
+		else
+		{
+			local.has_limit = has_limit;
+			local.limit = limit;
+			c = &local;
+		}
+	}
+	if (delta > 0)
+	{
+		if (!enforce)
+			pending_force(p, delta);
+		else if (!pending_reserve(p, delta, c->has_limit, c->limit, &used))
+			raise_quota_exceeded(tenant, resource, used + own_net(p->entry), delta, c->limit);
+	}
+	else
+		pending_release(p, -delta);
+}
+
+void
+tenancy_quota_add(const pg_uuid_t *tenant, const char *resource, Oid relid,
+				  int64 delta, bool enforce)
+{
+	quota_add_cached(NULL, tenant, resource, relid, delta, enforce);
+}
+
+void
+tenancy_quota_add_cached(TenancyQuotaCache *c, const pg_uuid_t *tenant,
+						 const char *resource, Oid relid, int64 delta,
+						 bool enforce)
+{
+	quota_add_cached(c, tenant, resource, relid, delta, enforce);
+}
+
+/*
+ * The share of a table in the usage of every tenant (rows:<root> and
+ * storage_bytes rows of the ledger with this relid, plus this
+ * transaction's own records) is given back: the table was truncated,
+ * dropped or unprotected.  The caller holds a lock that excludes writers.
+ */
+void
+tenancy_quota_forget_relation(Oid relid)
+{
+	AsOwner		s;
+	Oid			types[1] = {OIDOID};
+	Datum		values[1];
+	int			n;
+	pg_uuid_t  *tenants;
+	char	  **resources;
+	int64	   *shares;
+	MemoryContext outer = CurrentMemoryContext;
+
+	tenancy_shmem_require();
+	values[0] = ObjectIdGetDatum(relid);
+	as_owner_begin(&s);
+	spi_read_latest("SELECT tenant_id, resource, pg_catalog.sum(delta)::pg_catalog.int8"
+					" FROM tenancy.quota_ledger"
+					" WHERE relid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+					"   AND period_start OPERATOR(pg_catalog.=) '-infinity'"
+					" GROUP BY 1, 2",
+					1, types, values);
+	n = (int) SPI_processed;
+	tenants = MemoryContextAlloc(outer, sizeof(pg_uuid_t) * Max(n, 1));
+	resources = MemoryContextAlloc(outer, sizeof(char *) * Max(n, 1));
+	shares = MemoryContextAlloc(outer, sizeof(int64) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+		memcpy(&tenants[i], DatumGetUUIDP(d), sizeof(pg_uuid_t));
+		resources[i] = MemoryContextStrdup(outer, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2));
+		shares[i] = spi_int64(i, 3, &isnull);
+	}
+	as_owner_end(&s);
+
+	/*
+	 * This transaction's own net deltas on the table, taken before the
+	 * ledger's share is given back (that adds to the records of the
+	 * current subtransaction).  Giving back appends records but never
+	 * removes one: indexes hold.
+	 */
+	{
+		int			nown = npending;
+		int64	   *own = palloc(sizeof(int64) * Max(nown, 1));
+
+		for (int i = 0; i < nown; i++)
+			own[i] = pending[i].relid == relid ? pending[i].pos - pending[i].neg : 0;
+		for (int i = 0; i < n; i++)
+			if (shares[i] > 0)
+				quota_add_cached(NULL, &tenants[i], resources[i], relid, -shares[i], false);
+		/* released in the current subtransaction, undone if it aborts */
+		for (int i = 0; i < nown; i++)
+			if (own[i] > 0)
+			{
+				QuotaKey	key = pending[i].entry->key;
+
+				pending_release(pending_get(&key, relid, NULL), own[i]);
+			}
+		pfree(own);
+	}
+}
+
+/* ---------- SQL functions ---------- */
+
+/* The usage of a tenant as this transaction sees it, and the limit. */
+typedef struct QuotaState
+{
+	int64		used;			/* committed + this transaction's own net */
+	int64		inflight;		/* reserved by every transaction in flight */
+	bool		has_limit;
+	int64		limit;
+} QuotaState;
+
+/* Count a tenant's unrevoked API keys (with a fresh snapshot if asked). */
+static int64
+count_api_keys(const pg_uuid_t *tenant, bool latest)
+{
+	AsOwner		s;
+	Oid			types[1] = {UUIDOID};
+	Datum		values[1];
+	bool		isnull;
+	int64		n;
+	const char *sql = "SELECT pg_catalog.count(*) FROM tenancy.api_keys"
+		" WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND revoked_at IS NULL";
+
+	values[0] = UUIDPGetDatum(tenant);
+	as_owner_begin(&s);
+	if (latest)
+		spi_read_latest(sql, 1, types, values);
+	else if (SPI_execute_with_args(sql, 1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "tenancy: counting API keys failed");
+	n = spi_int64(0, 1, &isnull);
+	as_owner_end(&s);
+	return n;
+}
+
+static void
+quota_state(const pg_uuid_t *tenant, const char *resource, QuotaState *st)
+{
+	int			period;
+
+	limit_lookup(tenant, resource, &st->has_limit, &st->limit, &period);
+	if (strcmp(resource, "api_keys") == 0)
+	{
+		st->used = count_api_keys(tenant, false);
+		st->inflight = 0;
+	}
+	else
+	{
+		QuotaKey	key;
+		int64		committed;
+		int64		reserved;
+		int64		mine = 0;
+
+		make_key(&key, tenant, resource, period_start(period));
+		entry_peek(&key, &committed, &reserved);
+		for (int i = 0; i < npending; i++)
+			if (memcmp(&pending[i].entry->key, &key, sizeof(QuotaKey)) == 0)
+				mine += pending[i].pos - pending[i].neg;
+		st->used = Max(committed + mine, 0);
+		/* allowed also counts what others reserved but did not commit */
+		st->inflight = committed + reserved;
+	}
+}
+
+/* Build a tenancy.quota_check tuple for amount more of resource. */
+static HeapTuple
+quota_check_tuple(TupleDesc desc, const pg_uuid_t *tenant, const char *resource,
+				  int64 amount, QuotaState *st)
+{
+	Datum		values[8];
+	bool		nulls[8] = {false};
+	bool		allowed;
+	const char *health;
+	pg_uuid_t  *t = palloc(sizeof(pg_uuid_t));
+
+	memcpy(t, tenant, sizeof(pg_uuid_t));
+	if (!st->has_limit)
+		allowed = true;
+	else if (strcmp(resource, "api_keys") == 0)
+		allowed = st->used + amount <= st->limit;
+	else
+		allowed = st->inflight + amount <= st->limit;
+
+	if (!st->has_limit)
+		health = "good";
+	else if (st->used >= st->limit)
+		health = "critical";
+	else if ((double) st->used >= tenancy_guc_soft_limit_ratio * (double) st->limit)
+		health = "warning";
+	else
+		health = "good";
+
+	values[0] = UUIDPGetDatum(t);
+	values[1] = CStringGetTextDatum(resource);
+	values[2] = BoolGetDatum(allowed);
+	values[3] = Int64GetDatum(st->used);
+	if (st->has_limit)
+	{
+		values[4] = Int64GetDatum(st->limit);
+		values[5] = Int64GetDatum(Max(st->limit - st->used, 0));
+	}
+	else
+		nulls[4] = nulls[5] = true;
+	values[6] = CStringGetTextDatum(health);
+	if (allowed)
+		nulls[7] = true;
+	else
+		values[7] = CStringGetTextDatum(psprintf("Tenant \"%s\" has used " INT64_FORMAT " of resource \"%s\"; "
+												 INT64_FORMAT " more would pass its limit of " INT64_FORMAT ".",
+												 tenant_label(tenant), st->used, resource,
+												 amount, st->limit));
+	return heap_form_tuple(desc, values, nulls);
+}
+
+static int64
+amount_arg(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	int64		amount;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: %s must not be null", what)));
+	amount = PG_GETARG_INT64(argno);
+	if (amount < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: %s must not be negative", what),
+				 errhint("Use tenancy.release_quota() to give usage back.")));
+	return amount;
+}
+
+/*
+ * SQL: tenancy.check_quota(resource text, amount bigint DEFAULT 1, tenant
+ * text DEFAULT NULL) RETURNS tenancy.quota_check.  No side effect.
+ */
+Datum
+tenancy_check_quota(PG_FUNCTION_ARGS)
+{
+	char		resource[TENANCY_RESOURCE_LEN];
+	int64		amount;
+	pg_uuid_t	tenant;
+	TupleDesc	desc;
+	QuotaState	st;
+
+	tenancy_shmem_require();
+	tenancy_quota_resource_arg(fcinfo, 0, resource);
+	amount = amount_arg(fcinfo, 1, "amount");
+	tenancy_quota_tenant_arg(fcinfo, 2, &tenant);
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "tenancy: check_quota must return a composite type");
+	desc = BlessTupleDesc(desc);
+	quota_state(&tenant, resource, &st);
+	PG_RETURN_DATUM(HeapTupleGetDatum(quota_check_tuple(desc, &tenant, resource, amount, &st)));
+}
+
+/*
+ * consume/release write the ledger at commit: refuse a read-only
+ * transaction now (25006), not at COMMIT.
+ */
+static void
+require_writable(void)
+{
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("tenancy: cannot change quota usage in a read-only transaction"),
+				 errhint("Consume or release quota in a read-write transaction, on the primary.")));
+}
+
+/* Refuse automatic resources in consume/release (22023). */
+static void
+require_explicit(const char *resource, const char *fn)
+{
+	if (resource_is_automatic(resource))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: resource \"%s\" is counted automatically", resource),
+				 errdetail("rows:<table>, storage_bytes and api_keys follow the data; %s() applies to other resources.", fn),
+				 errhint("Insert or delete rows, or create or revoke keys, instead.")));
+}
+
+/*
+ * SQL: tenancy.consume_quota(resource text, amount bigint DEFAULT 1)
+ * RETURNS bigint.  Checks and adds atomically for the context tenant;
+ * returns the usage this transaction now sees.  TQ001 (usage unchanged) if
+ * it would pass the limit.  Undone if the transaction rolls back.
+ */
+Datum
+tenancy_consume_quota(PG_FUNCTION_ARGS)
+{
+	char		resource[TENANCY_RESOURCE_LEN];
+	int64		amount;
+	pg_uuid_t	tenant;
+	bool		has_limit;
+	int64		limit;
+	int			period;
+	QuotaKey	key;
+	Pending    *p;
+	int64		used;
+
+	tenancy_shmem_require();
+	tenancy_quota_resource_arg(fcinfo, 0, resource);
+	amount = amount_arg(fcinfo, 1, "amount");
+	require_explicit(resource, "consume_quota");
+	require_writable();
+	memcpy(&tenant, tenancy_context_current(), sizeof(pg_uuid_t));
+
+	limit_lookup(&tenant, resource, &has_limit, &limit, &period);
+	make_key(&key, &tenant, resource, period_start(period));
+	p = pending_get(&key, InvalidOid, NULL);
+	if (amount > 0)
+	{
+		if (!pending_reserve(p, amount, has_limit, limit, &used))
+			raise_quota_exceeded(&tenant, resource, used + own_net(p->entry), amount, limit);
+		tenancy_usage_record(&tenant, resource, amount, false);
+	}
+	SpinLockAcquire(&p->entry->mutex);
+	used = p->entry->committed;
+	SpinLockRelease(&p->entry->mutex);
+	PG_RETURN_INT64(Max(used + own_net(p->entry), 0));
+}
+
+/*
+ * SQL: tenancy.release_quota(resource text, amount bigint DEFAULT 1)
+ * RETURNS bigint.  Gives usage back (never below zero); returns the usage
+ * this transaction now sees.
+ */
+Datum
+tenancy_release_quota(PG_FUNCTION_ARGS)
+{
+	char		resource[TENANCY_RESOURCE_LEN];
+	int64		amount;
+	pg_uuid_t	tenant;
+	bool		has_limit;
+	int64		limit;
+	int			period;
+	QuotaKey	key;
+	Pending    *p;
+	int64		used;
+
+	tenancy_shmem_require();
+	tenancy_quota_resource_arg(fcinfo, 0, resource);
+	amount = amount_arg(fcinfo, 1, "amount");
+	require_explicit(resource, "release_quota");
+	require_writable();
+	memcpy(&tenant, tenancy_context_current(), sizeof(pg_uuid_t));
+
+	limit_lookup(&tenant, resource, &has_limit, &limit, &period);
+	make_key(&key, &tenant, resource, period_start(period));
+	p = pending_get(&key, InvalidOid, NULL);
+	if (amount > 0)
+		pending_release(p, amount);
+	SpinLockAcquire(&p->entry->mutex);
+	used = p->entry->committed;
+	SpinLockRelease(&p->entry->mutex);
+	PG_RETURN_INT64(Max(used + own_net(p->entry), 0));
+}
+
+/*
+ * SQL: tenancy.quota_usage(tenant text DEFAULT NULL) RETURNS SETOF
+ * tenancy.quota_check: every resource with a limit or usage, as
+ * check_quota(resource, 1) reports it.
+ */
+Datum
+tenancy_quota_usage(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	pg_uuid_t	tenant;
+	AsOwner		s;
+	Oid			types[1] = {UUIDOID};
+	Datum		values[1];
+	List	   *names = NIL;
+	ListCell   *lc;
+	MemoryContext outer = CurrentMemoryContext;
+
+	tenancy_shmem_require();
+	tenancy_quota_tenant_arg(fcinfo, 0, &tenant);
+	InitMaterializedSRF(fcinfo, 0);
+
+	values[0] = UUIDPGetDatum(&tenant);
+	as_owner_begin(&s);
+	if (SPI_execute_with_args(
+							  "SELECT r FROM ("
+							  " SELECT tq.resource AS r FROM tenancy.tenant_quotas tq"
+							  "  WHERE tq.tenant_id OPERATOR(pg_catalog.=) $1"
+							  " UNION SELECT pq.resource FROM tenancy.plan_quotas pq"
+							  "   JOIN tenancy.tenants t ON t.plan OPERATOR(pg_catalog.=) pq.plan"
+							  "  WHERE t.id OPERATOR(pg_catalog.=) $1"
+							  "    AND t.plan OPERATOR(pg_catalog.<>) 'enterprise'"
+							  " UNION SELECT l.resource FROM tenancy.quota_ledger l"
+							  "  WHERE l.tenant_id OPERATOR(pg_catalog.=) $1"
+							  " UNION SELECT 'api_keys' WHERE EXISTS (SELECT FROM tenancy.api_keys k"
+							  "  WHERE k.tenant_id OPERATOR(pg_catalog.=) $1 AND k.revoked_at IS NULL)"
+							  ") x ORDER BY 1",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "tenancy: listing quota resources failed");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(outer);
+
+		names = lappend(names, pstrdup(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1)));
+		MemoryContextSwitchTo(old);
+	}
+	as_owner_end(&s);
+
+	/* this transaction's own counters not yet in the ledger */
+	for (int i = 0; i < npending; i++)
+		if (memcmp(&pending[i].entry->key.tenant, &tenant, sizeof(pg_uuid_t)) == 0 &&
+			pending[i].entry->key.dbid == MyDatabaseId)
+			names = lappend(names, pstrdup(pending[i].entry->key.resource));
+
+	foreach(lc, names)
+	{
+		const char *r = lfirst(lc);
+		QuotaState	st;
+		HeapTuple	tup;
+		ListCell   *lc2;
+		bool		dup = false;
+
+		foreach(lc2, names)
+		{
+			if (lc2 == lc)
+				break;
+			if (strcmp(lfirst(lc2), r) == 0)
+				dup = true;
+		}
+		if (dup || strlen(r) >= TENANCY_RESOURCE_LEN)
+			continue;
+		quota_state(&tenant, r, &st);
+		if (!st.has_limit && st.used == 0)
+			continue;
+		tup = quota_check_tuple(rsinfo->setDesc, &tenant, r, 1, &st);
+		tuplestore_puttuple(rsinfo->setResult, tup);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * SQL: tenancy._require_quota(tid uuid, resource text, amount bigint).
+ * Raise TQ001 if taking amount more of resource would pass the tenant's
+ * limit.  For api_keys (create_api_key calls it before inserting a key)
+ * the creators of one tenant's keys are serialised by a transaction-level
+ * advisory lock and the keys counted with a fresh snapshot, so concurrent
+ * creations cannot pass the limit at any isolation level.  For counters it
+ * checks committed and reserved usage without taking anything.
+ */
+Datum
+tenancy_require_quota(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t	tenant;
+	char		resource[TENANCY_RESOURCE_LEN];
+	int64		amount;
+	bool		has_limit;
+	int64		limit;
+	int			period;
+
+	tenancy_shmem_require();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: tenant must not be null")));
+	memcpy(&tenant, PG_GETARG_UUID_P(0), sizeof(pg_uuid_t));
+	tenancy_quota_resource_arg(fcinfo, 1, resource);
+	amount = amount_arg(fcinfo, 2, "amount");
+
+	limit_lookup(&tenant, resource, &has_limit, &limit, &period);
+	if (!has_limit)
+		PG_RETURN_VOID();
+	if (strcmp(resource, "api_keys") == 0)
+	{
+		LOCKTAG		tag;
+		uint32		h;
+		int64		used;
+
+		memcpy(&h, tenant.data, sizeof(h));
+		/* advisory lock space: (database, 0x74716b31 'tqk1', tenant hash) */
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x74716b31, h, 2);
+		(void) LockAcquire(&tag, ExclusiveLock, false, false);
+		used = count_api_keys(&tenant, true);
+		if (used + amount > limit)
+			raise_quota_exceeded(&tenant, resource, used, amount, limit);
+	}
+	else
+	{
+		QuotaKey	key;
+		int64		committed;
+		int64		reserved;
+
+		make_key(&key, &tenant, resource, period_start(period));
+		entry_peek(&key, &committed, &reserved);
+		if (committed + reserved + amount > limit)
+			raise_quota_exceeded(&tenant, resource, committed, amount, limit);
+	}
+	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: tenancy._quota_resource(resource text, period text) RETURNS text.
+ * The canonical name of a resource, for set_*_quota; 22023 when a period
+ * is given for a resource counted automatically.
+ */
+Datum
+tenancy_quota_canonical(PG_FUNCTION_ARGS)
+{
+	char		resource[TENANCY_RESOURCE_LEN];
+
+	tenancy_shmem_require();
+	tenancy_quota_resource_arg(fcinfo, 0, resource);
+	if (!PG_ARGISNULL(1) && resource_is_automatic(resource))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: resource \"%s\" cannot have a period", resource),
+				 errdetail("rows:<table>, storage_bytes and api_keys are running totals."),
+				 errhint("Pass period => NULL.")));
+	PG_RETURN_TEXT_P(cstring_to_text(resource));
+}
+
+/*
+ * Trigger function tenancy._quota_limits_changed(): statement triggers on
+ * the tables of limits and on tenants' plans.  Bumps the limits generation
+ * now (this session) and again when the transaction ends (everyone else,
+ * who could have cached the old limit meanwhile).
+ */
+Datum
+tenancy_quota_limits_changed(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("tenancy: tenancy._quota_limits_changed() was not called by the trigger manager")));
+	quota_register_callbacks();
+	tenancy_shmem_bump_generation();
+	bump_at_eoxact = true;
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * SQL: tenancy._quota_purge(tid uuid).  Called by purge_tenant (through
+ * _purge_tenant_state): drops this transaction's deltas for the tenant,
+ * deletes its ledger rows, and at commit resets its shared counters.
+ */
+Datum
+tenancy_quota_purge(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *tenant;
+	AsOwner		s;
+	Oid			types[1] = {UUIDOID};
+	Datum		values[1];
+	MemoryContext old;
+
+	tenancy_shmem_require();
+	quota_register_callbacks();
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	tenant = palloc(sizeof(pg_uuid_t));
+	memcpy(tenant, PG_GETARG_UUID_P(0), sizeof(pg_uuid_t));
+	purged_tenants = lappend(purged_tenants, tenant);
+	MemoryContextSwitchTo(old);
+
+	values[0] = UUIDPGetDatum(tenant);
+	as_owner_begin(&s);
+	if (SPI_execute_with_args("DELETE FROM tenancy.quota_ledger WHERE tenant_id OPERATOR(pg_catalog.=) $1",
+							  1, types, values, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "tenancy: purging quota usage failed");
+	as_owner_end(&s);
+	PG_RETURN_VOID();
 }

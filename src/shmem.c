@@ -9,13 +9,31 @@
  * shmem_request_hook and calls each start-up under AddinShmemInitLock in
  * shmem_startup_hook.  Both hooks chain to the previous ones.
  *
- * Locking protocol: each area documents its own in its file.
+ * This file also owns a small common header: the "limits generation", a
+ * counter that administrative changes of quota limits, plans and rate
+ * limits bump (at once and again when their transaction ends), so that
+ * every backend can cache limits and know, with one atomic read, when to
+ * look them up again.
+ *
+ * Locking protocol:
+ *	- The named LWLock tranche "tenancy" holds TENANCY_LWLOCKS locks:
+ *	  TENANCY_LOCK_QUOTA guards the hash table of quota counters (quota.c),
+ *	  TENANCY_LOCK_RATE the hash table of token buckets (ratelimit.c).
+ *	  Look-ups take them LW_SHARED, insertions and evictions LW_EXCLUSIVE
+ *	  (with a re-look-up after the upgrade).
+ *	- Counters inside an entry are guarded by the entry's own spinlock,
+ *	  taken for a few instructions only, never while calling anything that
+ *	  can fail.  A spinlock may be taken while holding an LWLock, never
+ *	  the other way round.
+ *	- The generation counter is a 64-bit atomic: no lock.
+ *	Other areas document their own locks in their files.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "miscadmin.h"
+#include "port/atomics.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -27,10 +45,20 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
+typedef struct TenancySharedHeader
+{
+	pg_atomic_uint64 generation;	/* bumped when limits change */
+} TenancySharedHeader;
+
+static TenancySharedHeader *shared_header = NULL;
+
+/* The LWLocks of the named tranche, once attached. */
+static LWLockPadded *tenancy_locks = NULL;
+
 static Size
 tenancy_shmem_size(void)
 {
-	Size		size = 0;
+	Size		size = MAXALIGN(sizeof(TenancySharedHeader));
 
 	size = add_size(size, tenancy_quota_shmem_size());
 	size = add_size(size, tenancy_ratelimit_shmem_size());
@@ -47,15 +75,22 @@ tenancy_shmem_request(void)
 		prev_shmem_request_hook();
 #endif
 	RequestAddinShmemSpace(tenancy_shmem_size());
+	RequestNamedLWLockTranche("tenancy", TENANCY_LWLOCKS);
 }
 
 static void
 tenancy_shmem_startup(void)
 {
+	bool		found;
+
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	shared_header = ShmemInitStruct("tenancy header", sizeof(TenancySharedHeader), &found);
+	if (!found)
+		pg_atomic_init_u64(&shared_header->generation, 1);
+	tenancy_locks = GetNamedLWLockTranche("tenancy");
 	tenancy_quota_shmem_startup();
 	tenancy_ratelimit_shmem_startup();
 	tenancy_apikey_shmem_startup();
@@ -75,4 +110,49 @@ tenancy_shmem_init(void)
 #endif
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = tenancy_shmem_startup;
+}
+
+/* Is tenancy's shared memory attached in this process? */
+bool
+tenancy_shmem_attached(void)
+{
+	return shared_header != NULL;
+}
+
+/*
+ * Raise 55000 unless shared memory is attached.  Every SQL entry point that
+ * uses shared memory calls this first.
+ */
+void
+tenancy_shmem_require(void)
+{
+	if (shared_header == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenancy: shared memory is not attached"),
+				 errdetail("Quotas and rate limits live in shared memory that tenancy allocates at server start."),
+				 errhint("Add tenancy to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* One of the tranche's LWLocks (TENANCY_LOCK_*). */
+LWLock *
+tenancy_shmem_lock(int which)
+{
+	Assert(tenancy_locks != NULL && which >= 0 && which < TENANCY_LWLOCKS);
+	return &tenancy_locks[which].lock;
+}
+
+/* The current limits generation (0 when shared memory is missing). */
+uint64
+tenancy_shmem_generation(void)
+{
+	return shared_header ? pg_atomic_read_u64(&shared_header->generation) : 0;
+}
+
+/* Tell every backend that limits may have changed. */
+void
+tenancy_shmem_bump_generation(void)
+{
+	if (shared_header)
+		pg_atomic_fetch_add_u64(&shared_header->generation, 1);
 }

@@ -11,6 +11,7 @@
 
 #include "postgres.h"
 
+#include "fmgr.h"
 #include "utils/elog.h"
 #include "utils/uuid.h"
 
@@ -75,12 +76,49 @@ extern bool tenancy_tenant_try_resolve(const char *tenant, TenancyTenant *out);
 
 /* shmem.c: shared memory of every area (owned by the quota area) */
 extern void tenancy_shmem_init(void);
+extern bool tenancy_shmem_attached(void);
+extern void tenancy_shmem_require(void);
+extern uint64 tenancy_shmem_generation(void);
+extern void tenancy_shmem_bump_generation(void);
+#define TENANCY_LOCK_QUOTA	0
+#define TENANCY_LOCK_RATE	1
+#define TENANCY_LWLOCKS		2
+extern struct LWLock *tenancy_shmem_lock(int which);
 
-/* quota.c */
+/* quota.c: quota limits, shared usage counters and their reservations */
+#define TENANCY_RESOURCE_LEN 160	/* longest resource name + 1 */
 extern Size tenancy_quota_shmem_size(void);
 extern void tenancy_quota_shmem_startup(void);
+extern void tenancy_quota_init(void);
+extern void tenancy_quota_resource_arg(FunctionCallInfo fcinfo, int argno,
+									   char *out);
+extern bool tenancy_quota_tenant_arg(FunctionCallInfo fcinfo, int argno,
+									 pg_uuid_t *out);
+extern void tenancy_quota_add(const pg_uuid_t *tenant, const char *resource,
+							  Oid relid, int64 delta, bool enforce);
+extern void tenancy_quota_forget_relation(Oid relid);
 
-/* ratelimit.c */
+/* What a statement remembers between rows about one counter it changes. */
+typedef struct TenancyQuotaCache
+{
+	bool		valid;
+	uint64		version;		/* of this backend's records */
+	uint64		gen;			/* limits generation */
+	SubTransactionId subid;
+	Oid			relid;
+	int			index;			/* of the record */
+	pg_uuid_t	tenant;
+	bool		has_limit;
+	int64		limit;
+} TenancyQuotaCache;
+extern void tenancy_quota_add_cached(TenancyQuotaCache *c, const pg_uuid_t *tenant,
+									 const char *resource, Oid relid,
+									 int64 delta, bool enforce);
+
+/* quota_count.c: the counting triggers of protected tables */
+
+/* ratelimit.c: token buckets */
+extern int	tenancy_guc_max_rate_buckets;
 extern Size tenancy_ratelimit_shmem_size(void);
 extern void tenancy_ratelimit_shmem_startup(void);
 

@@ -1,0 +1,316 @@
+-- Quotas: limits, automatic resources (rows:<table>, storage_bytes,
+-- api_keys), explicit counters with periods, check/consume/release,
+-- quota_usage, and who may ask about whom.
+\set SHOW_CONTEXT never
+SET client_min_messages = warning;
+CREATE ROLE regress_quota_app IN ROLE tenancy_app;
+CREATE ROLE regress_quota_admin IN ROLE tenancy_admin;
+SELECT tenancy.create_tenant('q-acme') IS NOT NULL AS acme,
+       tenancy.create_tenant('q-beta', plan => 'pro') IS NOT NULL AS beta,
+       tenancy.create_tenant('q-ent', plan => 'enterprise') IS NOT NULL AS ent;
+CREATE TABLE q_items (id serial PRIMARY KEY, body text);
+SELECT tenancy.protect('q_items');
+GRANT SELECT, INSERT, UPDATE, DELETE ON q_items TO PUBLIC;
+GRANT USAGE ON SEQUENCE q_items_id_seq TO PUBLIC;
+RESET client_min_messages;
+
+-- The counting triggers are attached, enabled ALWAYS.
+SELECT tgname, tgenabled FROM pg_trigger
+ WHERE tgrelid = 'q_items'::regclass AND tgname LIKE 'tenancy\_quota%' ORDER BY 1;
+
+-- Setting limits: validation.
+SELECT tenancy.set_plan_quota('free', 'rows:q_items', 3);
+SELECT tenancy.set_plan_quota('free', 'api_calls', 5, 'day');
+SELECT tenancy.set_plan_quota('free', 'api_calls_total', -1);      -- negative
+SELECT tenancy.set_plan_quota('free', 'api_calls', 5, 'week');     -- bad period
+SELECT tenancy.set_plan_quota('free', 'rows:q_items', 3, 'day');   -- automatic: no period
+SELECT tenancy.set_plan_quota('free', 'rows:no_such_table', 3);    -- no table
+SELECT tenancy.set_plan_quota('free', '', 3);                      -- empty
+SELECT tenancy.set_plan_quota('enterprise', 'api_calls', 3);       -- enterprise has no limits
+SELECT tenancy.set_plan_quota('gold', 'api_calls', 3);             -- no such plan
+SELECT tenancy.set_tenant_quota('q-nobody', 'api_calls', 3);       -- unknown tenant
+-- rows:<table> is stored schema-qualified, whatever the caller's search_path.
+SELECT plan, resource, quota_limit, period FROM tenancy.plan_quotas
+ WHERE resource IN ('rows:public.q_items', 'api_calls') ORDER BY 1, 2;
+SELECT action, target, details FROM tenancy.audit_log WHERE action LIKE 'quota.%' ORDER BY id;
+
+-- rows:<table>: counted on INSERT, refused past the limit with TQ001, and
+-- nothing of the refused statement remains.
+SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
+INSERT INTO q_items (body) VALUES ('a'), ('b');
+SELECT resource, allowed, used, quota_limit, remaining, health, reason
+  FROM tenancy.check_quota('rows:q_items');
+INSERT INTO q_items (body) SELECT 'bulk' || g FROM generate_series(1, 2) g;
+SELECT count(*) FROM q_items;
+INSERT INTO q_items (body) VALUES ('c');
+SELECT resource, allowed, used, quota_limit, remaining, health, reason
+  FROM tenancy.check_quota('rows:q_items');
+INSERT INTO q_items (body) VALUES ('d');
+\set VERBOSITY sqlstate
+INSERT INTO q_items (body) VALUES ('d');
+\set VERBOSITY default
+-- DELETE gives room back at commit; UPDATE changes no row count.
+DELETE FROM q_items WHERE body = 'a';
+UPDATE q_items SET body = body || '!';
+SELECT used FROM tenancy.check_quota('rows:q_items');
+INSERT INTO q_items (body) VALUES ('e');
+-- A rolled back insert is not counted; neither is a rolled back delete.
+BEGIN;
+DELETE FROM q_items WHERE body = 'e';
+SELECT tenancy.consume_quota('api_calls', 1);
+ROLLBACK;
+SELECT resource, used FROM tenancy.quota_usage() ORDER BY 1;
+-- At the limit, a delete makes room for an insert of the same transaction.
+BEGIN;
+DELETE FROM q_items WHERE body = 'e';
+INSERT INTO q_items (body) VALUES ('e2');
+INSERT INTO q_items (body) VALUES ('e3');
+ROLLBACK;
+-- ON CONFLICT DO NOTHING that skips counts nothing.
+INSERT INTO q_items (id, body) SELECT id, 'dup' FROM q_items LIMIT 1 ON CONFLICT DO NOTHING;
+SELECT used FROM tenancy.check_quota('rows:q_items');
+
+-- storage_bytes is the sum of pg_column_size() of the tenant's values,
+-- compressed and out-of-line values at their stored size.
+RESET app.tenant_id;
+SELECT tenancy.set_tenant('q-beta') IS NOT NULL;
+INSERT INTO q_items (body) VALUES ('short'), (repeat('x', 100000)),
+    ((SELECT string_agg(md5(g::text), '') FROM generate_series(1, 300) g));
+UPDATE q_items SET body = body || 'more' WHERE body = 'short';
+DELETE FROM q_items WHERE body LIKE 'short%' AND false;
+SELECT (SELECT used FROM tenancy.check_quota('storage_bytes'))
+     = (SELECT sum(coalesce(pg_column_size(id), 0) + coalesce(pg_column_size(tenant_id), 0)
+                   + coalesce(pg_column_size(body), 0))
+          FROM q_items WHERE tenant_id = tenancy.current_tenant_id()) AS storage_matches,
+       (SELECT used FROM tenancy.check_quota('storage_bytes')) < 20000 AS compressed_counted_compressed;
+SELECT used FROM tenancy.check_quota('rows:q_items');
+
+-- Explicit counters: consume and release, in the period's window, undone
+-- with their (sub)transaction.
+RESET app.tenant_id;
+SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
+SELECT tenancy.consume_quota('api_calls', 2);
+SELECT tenancy.consume_quota('api_calls');
+BEGIN;
+SAVEPOINT s1;
+SELECT tenancy.consume_quota('api_calls', 1);
+ROLLBACK TO s1;
+SAVEPOINT s2;
+SELECT tenancy.consume_quota('api_calls', 1);
+RELEASE s2;
+COMMIT;
+SELECT tenancy.consume_quota('api_calls', 2);                     -- 4 + 2 > 5
+SELECT tenancy.consume_quota('api_calls', 1);
+SELECT resource, used, quota_limit, remaining, health FROM tenancy.check_quota('api_calls');
+SELECT tenancy.release_quota('api_calls', 2);
+SELECT tenancy.release_quota('api_calls', 100);                   -- never below 0
+SELECT tenancy.consume_quota('unlimited_thing', 1000000);         -- no limit: counted
+SELECT period_start = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS day_window
+  FROM tenancy.quota_ledger WHERE resource = 'api_calls' LIMIT 1;
+-- Every period starts at a UTC boundary.
+RESET app.tenant_id;
+SELECT tenancy.set_tenant_quota('q-acme', 'per_' || p, 100, p)
+  FROM unnest(ARRAY['minute', 'hour', 'day', 'month']) p;
+SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
+SELECT tenancy.consume_quota('per_' || p, 1) FROM unnest(ARRAY['minute', 'hour', 'day', 'month']) p;
+SELECT l.resource,
+       l.period_start = date_trunc(substr(l.resource, 5), l.period_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+           AS on_a_boundary,
+       l.period_start <= now() AND l.period_start > now() - ('2 ' || substr(l.resource, 5))::interval
+           AS recent_period
+  FROM tenancy.quota_ledger l WHERE l.resource LIKE 'per\_%' ORDER BY 1;
+-- (without their limits, these counters are running totals again, at 0:
+-- nothing below depends on the clock)
+RESET app.tenant_id;
+SELECT tenancy.clear_tenant_quota('q-acme', 'per_' || p)
+  FROM unnest(ARRAY['minute', 'hour', 'day', 'month']) p;
+SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
+SELECT count(*) FROM tenancy.quota_usage() WHERE resource LIKE 'per\_%';
+-- Wrong use.
+SELECT tenancy.consume_quota('rows:q_items', 1);
+SELECT tenancy.consume_quota('storage_bytes', 1);
+SELECT tenancy.consume_quota('api_calls', -1);
+SELECT tenancy.release_quota('api_keys', 1);
+SELECT tenancy.check_quota(NULL);
+SELECT tenancy.consume_quota(NULL);
+BEGIN READ ONLY;
+SELECT tenancy.consume_quota('api_calls');
+ROLLBACK;
+SELECT tenancy.release_quota('api_calls', NULL);
+
+-- health follows tenancy.soft_limit_ratio.
+SELECT tenancy.consume_quota('api_calls', 4);
+SELECT used, health FROM tenancy.check_quota('api_calls');
+SET tenancy.soft_limit_ratio = 0.9;
+SELECT used, health FROM tenancy.check_quota('api_calls');
+RESET tenancy.soft_limit_ratio;
+SELECT allowed, reason FROM tenancy.check_quota('api_calls', 2);
+
+-- A tenant's own limit overrides its plan's; clearing it restores it.
+RESET app.tenant_id;
+SELECT tenancy.set_tenant_quota('q-acme', 'api_calls', 100, 'day');
+SELECT quota_limit FROM tenancy.check_quota('api_calls', tenant => 'q-acme');
+SELECT tenancy.set_tenant_quota('q-acme', 'api_calls', NULL);       -- explicitly unlimited
+SELECT quota_limit, allowed FROM tenancy.check_quota('api_calls', 1000, tenant => 'q-acme');
+SELECT tenancy.clear_tenant_quota('q-acme', 'api_calls');
+SELECT quota_limit FROM tenancy.check_quota('api_calls', tenant => 'q-acme');
+-- A plan change takes effect at once.
+SELECT tenancy.set_plan_quota('pro', 'api_calls', 1000, 'day');
+SELECT tenancy.update_tenant('q-acme', plan => 'pro');
+SELECT quota_limit FROM tenancy.check_quota('api_calls', tenant => 'q-acme');
+SELECT tenancy.update_tenant('q-acme', plan => 'free');
+-- The enterprise plan has no limits, whatever the other plans say.
+SELECT tenancy.set_plan_quota('free', 'rows:q_items', 0);
+SELECT tenancy.update_tenant('q-ent', plan => 'enterprise');
+SELECT tenancy.set_tenant('q-ent') IS NOT NULL;
+INSERT INTO q_items (body) VALUES ('ent');
+SELECT resource, allowed, used, quota_limit, health FROM tenancy.quota_usage();
+SELECT tenancy.set_plan_quota('free', 'rows:q_items', 3);
+
+-- The tenant argument: administrators only; others get 42501 for any
+-- tenant not their own, existing or not.
+RESET app.tenant_id;
+SET ROLE regress_quota_app;
+SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
+SELECT used FROM tenancy.check_quota('rows:q_items');
+SELECT used FROM tenancy.check_quota('rows:q_items', tenant => 'q-acme');
+SELECT used FROM tenancy.check_quota('rows:q_items', tenant => 'q-beta');
+SELECT used FROM tenancy.check_quota('rows:q_items', tenant => 'q-nobody');
+SELECT count(*) FROM tenancy.quota_usage('q-beta');
+SELECT tenancy.set_plan_quota('free', 'api_calls', 1);
+SELECT count(*) FROM tenancy.quota_ledger;
+RESET ROLE;
+RESET app.tenant_id;
+SET ROLE regress_quota_admin;
+SELECT resource, used FROM tenancy.quota_usage('q-beta') ORDER BY 1;
+SELECT tenancy.set_tenant_quota('q-beta', 'api_calls', 7);
+RESET ROLE;
+\set VERBOSITY terse
+SELECT used FROM tenancy.check_quota('rows:q_items');               -- no context: TN001
+\set VERBOSITY default
+
+SELECT tenancy.tenant_id('q-acme') AS acme_id, tenancy.tenant_id('q-ent') AS ent_id \gset
+-- api_keys: the tenant's unrevoked keys, checked by _require_quota().
+SELECT tenancy.set_plan_quota('free', 'api_keys', 2);
+INSERT INTO tenancy.api_keys (tenant_id, name, prefix, key_hash)
+SELECT tenancy.tenant_id('q-acme'), 'k' || g, 'tk_0000000' || g, sha256(g::text::bytea)
+  FROM generate_series(1, 3) g;
+UPDATE tenancy.api_keys SET revoked_at = now() WHERE name = 'k3';
+SELECT tenancy._require_quota(tenancy.tenant_id('q-acme'), 'api_keys', 1);
+UPDATE tenancy.api_keys SET revoked_at = now() WHERE name = 'k2';
+SELECT tenancy._require_quota(tenancy.tenant_id('q-acme'), 'api_keys', 1);
+SELECT resource, used, quota_limit FROM tenancy.check_quota('api_keys', tenant => 'q-acme');
+
+-- quota_usage lists every resource with a limit or usage.
+SELECT resource, allowed, used, quota_limit, remaining, health
+  FROM tenancy.quota_usage('q-acme') ORDER BY resource;
+
+-- TRUNCATE by an administrator gives every tenant's rows back, including
+-- rows its own transaction inserted before it.
+BEGIN;
+INSERT INTO q_items (tenant_id, body) VALUES (:'ent_id', 'before truncate'), (:'ent_id', 'also');
+TRUNCATE q_items;
+INSERT INTO q_items (tenant_id, body) VALUES (:'ent_id', 'after truncate');
+COMMIT;
+SELECT t, resource, used FROM unnest(ARRAY['q-acme', 'q-ent']) t, tenancy.quota_usage(t)
+ WHERE resource = 'rows:public.q_items' ORDER BY 1;
+-- A TRUNCATE rolled back to a savepoint gives nothing back.
+BEGIN;
+INSERT INTO q_items (tenant_id, body) VALUES (:'ent_id', 'kept'), (:'ent_id', 'kept too');
+SAVEPOINT before_truncate;
+TRUNCATE q_items;
+ROLLBACK TO before_truncate;
+COMMIT;
+SELECT (SELECT count(*) FROM q_items WHERE tenant_id = :'ent_id') AS ent_rows,
+       (SELECT used FROM tenancy.check_quota('rows:q_items', tenant => 'q-ent')) AS ent_used;
+TRUNCATE q_items;
+SELECT resource, used FROM tenancy.quota_usage('q-acme') WHERE resource IN ('rows:public.q_items', 'storage_bytes');
+SELECT resource, used FROM tenancy.quota_usage('q-beta') WHERE resource IN ('rows:public.q_items', 'storage_bytes');
+
+-- A partitioned table counts for the table the user protected; a
+-- truncated or dropped partition gives its share back.
+CREATE TABLE q_events (id int, at int) PARTITION BY RANGE (at);
+CREATE TABLE q_events_1 PARTITION OF q_events FOR VALUES FROM (0) TO (10);
+CREATE TABLE q_events_2 PARTITION OF q_events FOR VALUES FROM (10) TO (20);
+SELECT tenancy.protect('q_events');
+SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
+INSERT INTO q_events VALUES (1, 1), (2, 15), (3, 16);
+SELECT used FROM tenancy.check_quota('rows:q_events');
+RESET app.tenant_id;
+TRUNCATE q_events_2;
+SELECT used FROM tenancy.check_quota('rows:public.q_events', tenant => 'q-acme');
+DROP TABLE q_events;
+SELECT count(*) FROM tenancy.quota_usage('q-acme') WHERE resource LIKE 'rows:public.q_events';
+
+-- The owner of a protected partitioned table may add partitions; a
+-- table attached with rows in it brings them into the count.
+CREATE ROLE regress_quota_owner;
+GRANT CREATE ON SCHEMA public TO regress_quota_owner;
+-- (the row guard's EXECUTE is the protected-tables area's business)
+GRANT EXECUTE ON FUNCTION tenancy._row_guard() TO regress_quota_owner;
+SELECT tenancy.tenant_id('q-acme') AS acme_id \gset
+SET ROLE regress_quota_owner;
+CREATE TABLE q_owned (id int, tenant_id uuid, at int) PARTITION BY RANGE (at);
+CREATE TABLE q_owned_1 PARTITION OF q_owned FOR VALUES FROM (0) TO (10);
+RESET ROLE;
+SELECT tenancy.protect('q_owned');
+SET ROLE regress_quota_owner;
+CREATE TABLE q_owned_2 PARTITION OF q_owned FOR VALUES FROM (10) TO (20);
+CREATE TABLE q_owned_3 (id int, tenant_id uuid NOT NULL, at int);
+INSERT INTO q_owned_3 VALUES (1, :'acme_id', 25), (2, :'acme_id', 26);
+ALTER TABLE q_owned ATTACH PARTITION q_owned_3 FOR VALUES FROM (20) TO (30);
+RESET ROLE;
+SELECT tgrelid::regclass, tgname FROM pg_trigger
+ WHERE tgrelid::regclass::text LIKE 'q_owned%' AND tgname LIKE 'tenancy\_quota%' ORDER BY 1, 2;
+SELECT used FROM tenancy.check_quota('rows:q_owned', tenant => 'q-acme');
+-- An unprivileged role's writes are counted (the ledger is written for it).
+GRANT SELECT, INSERT, DELETE ON q_owned TO regress_quota_app;
+SET ROLE regress_quota_app;
+SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
+INSERT INTO q_owned (id, at) VALUES (3, 5), (4, 15);
+DELETE FROM q_owned WHERE id = 1;
+SELECT count(*), (SELECT used FROM tenancy.check_quota('rows:q_owned')) AS used FROM q_owned;
+RESET ROLE;
+RESET app.tenant_id;
+DROP TABLE q_owned;
+REVOKE CREATE ON SCHEMA public FROM regress_quota_owner;
+REVOKE EXECUTE ON FUNCTION tenancy._row_guard() FROM regress_quota_owner;
+DROP ROLE regress_quota_owner;
+
+-- A table protected with rows already in it counts them.
+CREATE TABLE q_legacy (id int);
+INSERT INTO q_legacy SELECT generate_series(1, 4);
+SELECT tenancy.protect('q_legacy', backfill_tenant => 'q-beta');
+SELECT used FROM tenancy.check_quota('rows:q_legacy', tenant => 'q-beta');
+
+-- Deleting and purging a tenant removes its usage.
+SELECT tenancy.tenant_id('q-beta') AS beta_id \gset
+SELECT count(*) > 0 AS has_usage FROM tenancy.quota_ledger WHERE tenant_id = :'beta_id';
+SELECT tenancy.delete_tenant('q-beta');
+SELECT tenancy.purge_tenant('q-beta');
+SELECT count(*) AS usage_left FROM tenancy.quota_ledger WHERE tenant_id = :'beta_id';
+
+-- Compaction folds the ledger and keeps every total.
+SELECT resource, used FROM tenancy.quota_usage('q-acme') ORDER BY 1;
+SELECT tenancy._quota_compact() > 0 AS folded;
+SELECT count(*) = count(DISTINCT (tenant_id, resource, period_start, relid)) AS one_row_each
+  FROM tenancy.quota_ledger;
+SELECT resource, used FROM tenancy.quota_usage('q-acme') ORDER BY 1;
+
+-- Two-phase commit cannot carry reservations.
+SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
+BEGIN;
+SELECT tenancy.consume_quota('unlimited_thing', 1);
+PREPARE TRANSACTION 'regress_quota';
+RESET app.tenant_id;
+
+-- Clean up.
+SET client_min_messages = warning;
+DROP TABLE q_items, q_legacy;
+DROP ROLE regress_quota_app;
+DROP ROLE regress_quota_admin;
+SELECT tenancy.delete_tenant(t) FROM unnest(ARRAY['q-acme', 'q-ent']) t;
+SELECT tenancy.purge_tenant(t) FROM unnest(ARRAY['q-acme', 'q-ent']) t;
+SELECT count(*) FROM tenancy.quota_ledger WHERE tenant_id IN (:'acme_id', :'ent_id');
+-- (the plans' limits set here must not reach the tests that follow)
+DELETE FROM tenancy.plan_quotas;
