@@ -575,9 +575,17 @@ usage_flush(void)
 			Oid			argtypes[4] = {UUIDARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
 			SPIPlanPtr	plan;
 
+			/*
+			 * Usage of a tenant that no longer exists is dropped: a purge
+			 * meters the rows it deletes, and carried denial records may
+			 * be written after their tenant was purged.
+			 */
 			plan = SPI_prepare("INSERT INTO tenancy.usage_events (tenant_id, resource, at, amount) "
-							   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
-							   "pg_catalog.unnest($3), pg_catalog.unnest($4))",
+							   "SELECT e.t, e.r, e.a, e.m "
+							   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+							   "pg_catalog.unnest($3), pg_catalog.unnest($4)) AS e(t, r, a, m) "
+							   "WHERE EXISTS (SELECT FROM tenancy.tenants x "
+							   "WHERE x.id OPERATOR(pg_catalog.=) e.t)",
 							   4, argtypes);
 			if (plan == NULL)
 				elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
