@@ -28,8 +28,10 @@ $$;
 
 \echo
 \echo '== 2. Two tenants and a protected table'
-SELECT tenancy.create_tenant('acme', 'Acme Corp', plan => 'pro') IS NOT NULL AS acme_created;
-SELECT tenancy.create_tenant('globex', 'Globex Inc') IS NOT NULL AS globex_created;
+-- create_tenant returns the new tenant's id; psql keeps it in :acme_id, :globex_id.
+SELECT tenancy.create_tenant('acme', 'Acme Corp', plan => 'pro') AS acme_id \gset
+SELECT tenancy.create_tenant('globex', 'Globex Inc') AS globex_id \gset
+SELECT slug, name, plan, tenancy.tenant_status(slug) AS status FROM tenancy.tenants ORDER BY slug;
 
 CREATE TABLE public.orders (
     id      bigserial PRIMARY KEY,
@@ -54,8 +56,7 @@ SELECT item, total FROM public.orders ORDER BY id;          -- globex: 1 row
 SELECT tenancy.set_tenant('acme') IS NOT NULL AS acting_for_acme;
 SELECT item, total FROM public.orders ORDER BY id;          -- acme: 2 rows
 -- refused: a row for another tenant
-INSERT INTO public.orders (item, total, tenant_id)
-VALUES ('stolen', 1, tenancy.tenant_id('globex'));
+INSERT INTO public.orders (item, total, tenant_id) VALUES ('stolen', 1, :'globex_id');
 UPDATE public.orders SET total = 0;                          -- touches acme's rows only
 SELECT count(*) AS acme_rows_updated_to_zero FROM public.orders WHERE total = 0;
 RESET app.tenant_id;
@@ -65,7 +66,6 @@ RESET SESSION AUTHORIZATION;
 
 \echo
 \echo '== 4. A forged context is refused'
-SELECT id AS acme_id FROM tenancy.tenants WHERE slug = 'acme' \gset
 SET SESSION AUTHORIZATION quickstart_client;
 -- refused: a plain role cannot pick a tenant, whatever the route
 SET app.tenant_id = :'acme_id';

@@ -1351,6 +1351,28 @@ quota_state(const pg_uuid_t *tenant, const char *resource, QuotaState *st)
 	}
 }
 
+/*
+ * The name of a resource as results print it.  Counters are kept under the
+ * canonical, schema-qualified rows:<table>; the SPEC prints the table as
+ * regclass::text does, that is as the caller's search_path shows it
+ * (rows:orders when public is on the path).  Other names print as they are.
+ */
+static char *
+display_resource(const char *resource)
+{
+	List	   *names;
+	Oid			relid;
+
+	if (strncmp(resource, "rows:", 5) != 0)
+		return pstrdup(resource);
+	names = stringToQualifiedNameList(resource + 5);
+	relid = RangeVarGetRelid(makeRangeVarFromNameList(names), NoLock, true);
+	if (!OidIsValid(relid))
+		return pstrdup(resource);
+	return psprintf("rows:%s",
+					DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(relid))));
+}
+
 /* Build a tenancy.quota_check tuple for amount more of resource. */
 static HeapTuple
 quota_check_tuple(TupleDesc desc, const pg_uuid_t *tenant, const char *resource,
@@ -1380,7 +1402,7 @@ quota_check_tuple(TupleDesc desc, const pg_uuid_t *tenant, const char *resource,
 		health = "good";
 
 	values[0] = UUIDPGetDatum(t);
-	values[1] = CStringGetTextDatum(resource);
+	values[1] = CStringGetTextDatum(display_resource(resource));
 	values[2] = BoolGetDatum(allowed);
 	values[3] = Int64GetDatum(st->used);
 	if (st->has_limit)
@@ -1396,7 +1418,7 @@ quota_check_tuple(TupleDesc desc, const pg_uuid_t *tenant, const char *resource,
 	else
 		values[7] = CStringGetTextDatum(psprintf("Tenant \"%s\" has used " INT64_FORMAT " of resource \"%s\"; "
 												 INT64_FORMAT " more would pass its limit of " INT64_FORMAT ".",
-												 tenant_label(tenant), st->used, resource,
+												 tenant_label(tenant), st->used, display_resource(resource),
 												 amount, st->limit));
 	return heap_form_tuple(desc, values, nulls);
 }
