@@ -49,7 +49,7 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 
 # pg_regress looks for ./sql/NAME.sql first: list tests by name, never by
 # wildcard, and never name one like an install script.
-REGRESS := $(strip $(REGRESS_CORE) $(REGRESS_CONTEXT) $(REGRESS_QUOTA) $(REGRESS_APIKEY) $(REGRESS_USAGE))
+REGRESS := $(strip $(REGRESS_CORE) $(REGRESS_CONTEXT) $(REGRESS_QUOTA) $(REGRESS_APIKEY) $(REGRESS_USAGE) quickstart)
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=test/tenancy.conf \
 	--load-extension=pgcrypto --load-extension=tenancy
 ISOLATION := $(strip $(ISOLATION_CORE) $(ISOLATION_CONTEXT) $(ISOLATION_QUOTA) $(ISOLATION_APIKEY) $(ISOLATION_USAGE))

@@ -1123,6 +1123,8 @@ quota_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 
 /* ---------- the internal API ---------- */
 
+static char *display_resource(const char *resource);
+
 static void
 raise_quota_exceeded(const pg_uuid_t *tenant, const char *resource,
 					 int64 used, int64 amount, int64 limit)
@@ -1131,6 +1133,7 @@ raise_quota_exceeded(const pg_uuid_t *tenant, const char *resource,
 
 	snprintf(denied, sizeof(denied), "quota_denied:%s", resource);
 	tenancy_usage_record(tenant, denied, 1, true);
+	resource = display_resource(resource);
 	ereport(ERROR,
 			(errcode(ERRCODE_TENANCY_QUOTA_EXCEEDED),
 			 errmsg("tenancy: quota exceeded for resource \"%s\"", resource),
