@@ -33,7 +33,7 @@ SELECT string_agg(resource || '=' || used || '/' || coalesce(quota_limit::text, 
   FROM tenancy.quota_usage()};
 my $tid = $node->safe_psql('source', "SELECT tenancy.tenant_id('dumped')");
 my $before = $node->safe_psql('source', sprintf($usage, $tid));
-like($before, qr/^jobs=4\/10 rows:public.d_rows=3\/5 storage_bytes=\d+\/-$/, "usage in the source: $before");
+like($before, qr/^jobs=4\/10 rows:d_rows=3\/5 storage_bytes=\d+\/-$/, "usage in the source: $before");
 
 my $dump = $node->basedir . '/source.dump';
 $node->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $node->connstr('source') ], 'pg_dump');
