@@ -311,17 +311,6 @@ key_sha256(const char *key, size_t len, uint8 *out)
  * ---------------------------------------------------------------------
  */
 
-/* The oid of a relation of schema tenancy; InvalidOid if missing. */
-static Oid
-tenancy_relid(const char *relname)
-{
-	Oid			nsp = get_namespace_oid("tenancy", true);
-
-	if (!OidIsValid(nsp))
-		return InvalidOid;
-	return get_relname_relid(relname, nsp);
-}
-
 /* Decode a text[] of permissions into TENANCY_KEY_* bits. */
 static int
 permission_bits(ArrayType *arr)
@@ -421,8 +410,8 @@ static bool
 key_scan(const char *indexname, AttrNumber attno, RegProcedure eqproc,
 		 Datum value, KeyRow *out)
 {
-	Oid			relid = tenancy_relid("api_keys");
-	Oid			indexid = tenancy_relid(indexname);
+	Oid			relid = tenancy_relation_oid("api_keys", true);
+	Oid			indexid = tenancy_relation_oid(indexname, true);
 	Relation	rel;
 	SysScanDesc scan;
 	ScanKeyData key;
@@ -543,7 +532,7 @@ static Datum
 spi_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *values,
 			 const char *nulls, int expected, bool *isnull)
 {
-	Oid			relid = tenancy_relid("api_keys");
+	Oid			relid = tenancy_relation_oid("api_keys", true);
 	HeapTuple	tp;
 	Oid			owner;
 	Oid			save_user;

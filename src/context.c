@@ -110,7 +110,6 @@ context_validate_quietly(void)
 	bool		from_default = false;
 	pg_uuid_t	tenant;
 	pg_uuid_t  *copy;
-	Oid			nsp;
 	TenancyTenant row;
 
 	if (tenancy_context_binding(&tenant, NULL))
@@ -125,8 +124,7 @@ context_validate_quietly(void)
 	if (!from_default && !tenancy_context_role_may_set_any(GetSessionUserId()))
 		return;
 	/* The library is preloaded everywhere, the extension maybe not here. */
-	nsp = get_namespace_oid("tenancy", true);
-	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("tenants", nsp)))
+	if (!OidIsValid(tenancy_relation_oid("tenants", true)))
 		return;
 	if (!tenancy_tenant_lookup(&tenant, &row) || strcmp(row.status, "active") != 0)
 		return;

@@ -64,8 +64,7 @@ relid_cmp(const void *a, const void *b)
 static void
 load_protected(void)
 {
-	Oid			nsp = get_namespace_oid("tenancy", true);
-	Oid			relid = OidIsValid(nsp) ? get_relname_relid("protected_tables", nsp) : InvalidOid;
+	Oid			relid = tenancy_relation_oid("protected_tables", true);
 	int			cap = 16;
 
 	if (keyperm_cxt == NULL)

@@ -70,6 +70,7 @@ typedef struct TenancyTenant
 									 * expired */
 } TenancyTenant;
 
+extern Oid tenancy_relation_oid(const char *relname, bool missing_ok);
 extern bool tenancy_tenant_lookup(const pg_uuid_t *id, TenancyTenant *out);
 extern void tenancy_tenant_resolve(const char *tenant, TenancyTenant *out);
 extern bool tenancy_tenant_try_resolve(const char *tenant, TenancyTenant *out);

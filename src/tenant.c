@@ -40,14 +40,18 @@ PG_FUNCTION_INFO_V1(tenancy_tenant_status);
 #define Anum_tenants_status		5
 #define Anum_tenants_expires_at 6
 
-/* Look up the oid of a relation of schema tenancy; error if missing. */
-static Oid
-tenancy_relid(const char *relname)
+/*
+ * The oid of relation tenancy.<relname> in this database.  When it is
+ * missing (the extension is not installed here): InvalidOid if missing_ok,
+ * else an error.
+ */
+Oid
+tenancy_relation_oid(const char *relname, bool missing_ok)
 {
-	Oid			nsp = get_namespace_oid("tenancy", false);
-	Oid			relid = get_relname_relid(relname, nsp);
+	Oid			nsp = get_namespace_oid("tenancy", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid(relname, nsp) : InvalidOid;
 
-	if (!OidIsValid(relid))
+	if (!OidIsValid(relid) && !missing_ok)
 		elog(ERROR, "tenancy: relation tenancy.%s is missing", relname);
 	return relid;
 }
@@ -93,11 +97,11 @@ tenant_scan(const char *indexname, AttrNumber attno, RegProcedure eqproc,
 	bool		found = false;
 	Snapshot	snapshot;
 
-	rel = table_open(tenancy_relid("tenants"), AccessShareLock);
+	rel = table_open(tenancy_relation_oid("tenants", false), AccessShareLock);
 	ScanKeyEntryInitialize(&key, 0, attno, BTEqualStrategyNumber, InvalidOid,
 						   collation, eqproc, value);
 	snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
-	scan = systable_beginscan(rel, tenancy_relid(indexname), true, snapshot, 1, &key);
+	scan = systable_beginscan(rel, tenancy_relation_oid(indexname, false), true, snapshot, 1, &key);
 	tuple = systable_getnext(scan);
 	if (HeapTupleIsValid(tuple))
 	{

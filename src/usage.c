@@ -431,17 +431,6 @@ carried_retry_inflight(void)
  * ------------------------------------------------------------------------
  */
 
-/* The oid of tenancy.<relname> in this database, or InvalidOid. */
-static Oid
-usage_relid(const char *relname)
-{
-	Oid			nsp = get_namespace_oid("tenancy", true);
-
-	if (!OidIsValid(nsp))
-		return InvalidOid;
-	return get_relname_relid(relname, nsp);
-}
-
 /* The owner of a relation (the extension's owner for its tables). */
 static Oid
 rel_owner(Oid relid)
@@ -504,7 +493,7 @@ usage_flush(void)
 		return;
 	}
 
-	relid = usage_relid("usage_events");
+	relid = tenancy_relation_oid("usage_events", true);
 	if (!OidIsValid(relid))
 	{
 		/* The extension is not (or no longer) installed here. */
@@ -911,7 +900,7 @@ require_key_admin_for_usage(void)
 
 	if (tenancy_context_is_admin() || !tenancy_context_binding(&bound_tenant, &key))
 		return;
-	relid = usage_relid("api_keys");
+	relid = tenancy_relation_oid("api_keys", true);
 	if (OidIsValid(relid))
 	{
 		GetUserIdAndSecContext(&save_userid, &save_sec);
@@ -979,7 +968,7 @@ tenancy_usage(PG_FUNCTION_ARGS)
 	tupstore = materialize_srf(fcinfo, &tupdesc);
 
 	usage_flush();
-	relid = usage_relid("usage_events");
+	relid = tenancy_relation_oid("usage_events", true);
 	if (!OidIsValid(relid))
 		elog(ERROR, "tenancy: relation tenancy.usage_events is missing");
 

@@ -8,9 +8,11 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use TenancyPgBouncer;
 
-my $pgbouncer = '/usr/sbin/pgbouncer';
-plan skip_all => 'pgbouncer is not installed' unless -x $pgbouncer;
+plan skip_all => 'pgbouncer is not installed' unless TenancyPgBouncer::available();
 
 my $node = PostgreSQL::Test::Cluster->new('pooled_keys');
 $node->init;
@@ -40,49 +42,8 @@ my $key_b = $node->safe_psql('postgres',
 my $tenant_a = $node->safe_psql('postgres', "SELECT tenancy.tenant_id('tenant-a')");
 
 # PgBouncer: transaction pooling, a single server connection.
-my $dir = PostgreSQL::Test::Utils::tempdir;
-my $port = PostgreSQL::Test::Cluster::get_free_port();
-open my $users, '>', "$dir/userlist.txt" or die;
-print $users qq{"regress_keyuser" ""\n};
-close $users;
-open my $ini, '>', "$dir/pgbouncer.ini" or die;
-print $ini <<"EOC";
-[databases]
-postgres = host=@{[$node->host]} port=@{[$node->port]} dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $port
-unix_socket_dir =
-auth_type = trust
-auth_file = $dir/userlist.txt
-pool_mode = transaction
-default_pool_size = 1
-max_client_conn = 20
-logfile = $dir/pgbouncer.log
-pidfile = $dir/pgbouncer.pid
-EOC
-close $ini;
-system($pgbouncer, '-d', "$dir/pgbouncer.ini") == 0 or die "pgbouncer did not start";
-my $ready = 0;
-for (1 .. 50)
-{
-	my $out = `psql -X -A -t -h 127.0.0.1 -p $port -U regress_keyuser -d postgres -c 'SELECT 1' 2>/dev/null`;
-	if (defined $out && $out =~ /^1$/m) { $ready = 1; last; }
-	select(undef, undef, undef, 0.2);
-}
-ok($ready, 'pgbouncer accepts connections');
-
-# Run SQL through PgBouncer; returns (exit code, stdout, stderr).
-sub via_pooler
-{
-	my ($sql) = @_;
-	my ($stdout, $stderr) = ('', '');
-	my $ret = IPC::Run::run([ 'psql', '-X', '-A', '-t', '-q', '-v', 'ON_ERROR_STOP=1',
-			'-h', '127.0.0.1', '-p', $port, '-U', 'regress_keyuser', '-d', 'postgres',
-			'-c', $sql ], '>', \$stdout, '2>', \$stderr);
-	chomp $stdout;
-	return ($ret ? 0 : 1, $stdout, $stderr);
-}
+my $bouncer = TenancyPgBouncer->start($node, 'regress_keyuser');
+sub via_pooler { return $bouncer->psql(@_); }
 
 my ($rc, $out, $err);
 
@@ -133,11 +94,6 @@ is($node->safe_psql('postgres',
 	q{SELECT count(*) FROM pg_stat_activity WHERE usename = 'regress_keyuser'}),
 	'1', 'all clients went through one server connection');
 
-if (open my $pid, '<', "$dir/pgbouncer.pid")
-{
-	my $p = <$pid>;
-	chomp $p;
-	kill 'TERM', $p;
-}
+$bouncer->stop;
 $node->stop;
 done_testing();
