@@ -88,7 +88,7 @@ RETURNS void LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
     INSERT INTO tenancy.audit_log (action, tenant_id, target, details)
-    VALUES (action, tenant, target, pg_catalog.coalesce(details, '{}'));
+    VALUES (action, tenant, target, COALESCE(details, '{}'::jsonb));
 $$;
 
 --------------------------------------------------------------------------
