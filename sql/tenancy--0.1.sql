@@ -64,6 +64,16 @@ CREATE TABLE tenancy.tenants (
 );
 SELECT pg_catalog.pg_extension_config_dump('tenancy.tenants', '');
 
+-- Backends cache tenant rows (src/tenant.c); any change of the table sends a
+-- relcache invalidation at commit, so every session sees it at its next
+-- transaction.  ALWAYS: also while a restore runs as a replica.
+CREATE FUNCTION tenancy._tenants_changed() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_tenants_changed';
+CREATE TRIGGER tenants_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.tenants
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy._tenants_changed();
+ALTER TABLE tenancy.tenants ENABLE ALWAYS TRIGGER tenants_changed;
+
 --------------------------------------------------------------------------
 -- 7. Audit log (written by every administrative function)
 --------------------------------------------------------------------------

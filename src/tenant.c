@@ -4,26 +4,42 @@
  *		Looking tenants up, by id or by slug, without SPI.
  *
  * The lookups scan tenancy.tenants through its unique indexes with the
- * table access API, as the caller's snapshot sees it.  They bypass row
- * level security (which the rewriter applies, not the table AM), so they
- * are used only behind a privilege decision: the context check, or an
- * administrator's call.
+ * table access API.  They bypass row level security (which the rewriter
+ * applies, not the table AM), so they are used only behind a privilege
+ * decision: the context check, or an administrator's call.
+ *
+ * Look-ups by id, the one every transaction of a tenant session makes, go
+ * through a backend-local cache of tenant rows.  A statement trigger on
+ * tenancy.tenants (tenancy._tenants_changed) sends a relcache invalidation
+ * at commit of any change; every backend processes it at the start of its
+ * next transaction, and the relcache callback here then empties the cache.
+ * So a status change still takes effect at the next transaction of every
+ * session.  As catcache does, the cache is filled only from a snapshot taken
+ * after the locks are held (so after pending invalidations were processed),
+ * and not at all when an invalidation arrived during the look-up.  The
+ * effective status (expiry) is computed at every look-up from the stored
+ * row and the transaction's start time.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/parallel.h"
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_collation_d.h"
+#include "commands/trigger.h"
+#include "storage/lmgr.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -33,6 +49,7 @@
 
 PG_FUNCTION_INFO_V1(tenancy_tenant_id);
 PG_FUNCTION_INFO_V1(tenancy_tenant_status);
+PG_FUNCTION_INFO_V1(tenancy_tenants_changed);
 
 /* Column numbers of tenancy.tenants, in the order the install script makes. */
 #define Anum_tenants_id			1
@@ -56,41 +73,107 @@ tenancy_relation_oid(const char *relname, bool missing_ok)
 	return relid;
 }
 
+/* A tenants row as stored: status before expiry is applied. */
+typedef struct TenantRow
+{
+	TenancyTenant tenant;		/* status as stored */
+	bool		expires;
+	TimestampTz expires_at;
+} TenantRow;
+
+/* The cache of rows by id; see the file header. */
+typedef struct TenantCacheEntry
+{
+	pg_uuid_t	id;				/* hash key */
+	TenantRow	row;
+} TenantCacheEntry;
+
+#define TENANT_CACHE_MAX 4096
+
+static HTAB *tenant_cache = NULL;
+static Oid	tenant_cache_relid = InvalidOid;
+static bool tenant_cache_stale = true;
+static bool tenant_cache_callback_registered = false;
+
+/* Relcache callback: a change of tenancy.tenants empties the cache. */
+static void
+tenant_cache_callback(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == tenant_cache_relid)
+		tenant_cache_stale = true;
+}
+
+/* Make the cache ready for a look-up, emptying it if it went stale. */
+static void
+tenant_cache_prepare(void)
+{
+	if (!tenant_cache_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(tenant_cache_callback, (Datum) 0);
+		tenant_cache_callback_registered = true;
+	}
+	if (tenant_cache_stale || tenant_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		if (tenant_cache != NULL)
+			hash_destroy(tenant_cache);
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(pg_uuid_t);
+		ctl.entrysize = sizeof(TenantCacheEntry);
+		tenant_cache = hash_create("tenancy tenants", 64, &ctl, HASH_ELEM | HASH_BLOBS);
+		tenant_cache_stale = false;
+		tenant_cache_relid = tenancy_relation_oid("tenants", false);
+	}
+}
+
 /* Copy the interesting columns of a tenants tuple into *out. */
 static void
-tenant_from_tuple(HeapTuple tuple, TupleDesc desc, TenancyTenant *out)
+row_from_tuple(HeapTuple tuple, TupleDesc desc, TenantRow *out)
 {
 	bool		isnull;
 	Datum		d;
 	char	   *s;
 
+	memset(out, 0, sizeof(TenantRow));
 	d = heap_getattr(tuple, Anum_tenants_id, desc, &isnull);
-	memcpy(&out->id, DatumGetUUIDP(d), sizeof(pg_uuid_t));
+	memcpy(&out->tenant.id, DatumGetUUIDP(d), sizeof(pg_uuid_t));
 
 	d = heap_getattr(tuple, Anum_tenants_slug, desc, &isnull);
 	s = TextDatumGetCString(d);
-	strlcpy(out->slug, s, sizeof(out->slug));
+	strlcpy(out->tenant.slug, s, sizeof(out->tenant.slug));
 
 	d = heap_getattr(tuple, Anum_tenants_status, desc, &isnull);
 	s = TextDatumGetCString(d);
-	strlcpy(out->status, s, sizeof(out->status));
+	strlcpy(out->tenant.status, s, sizeof(out->tenant.status));
 
-	/* An active tenant past its expiry is expired wherever status counts. */
 	d = heap_getattr(tuple, Anum_tenants_expires_at, desc, &isnull);
-	if (!isnull && strcmp(out->status, "active") == 0 &&
-		DatumGetTimestampTz(d) <= GetCurrentTransactionStartTimestamp())
+	out->expires = !isnull;
+	if (!isnull)
+		out->expires_at = DatumGetTimestampTz(d);
+}
+
+/* The tenant as its row says now: an active tenant past its expiry is expired. */
+static void
+row_effective(const TenantRow *row, TenancyTenant *out)
+{
+	memcpy(out, &row->tenant, sizeof(TenancyTenant));
+	if (row->expires && strcmp(out->status, "active") == 0 &&
+		row->expires_at <= GetCurrentTransactionStartTimestamp())
 		strlcpy(out->status, "expired", sizeof(out->status));
 }
 
 /*
- * Scan one unique index of tenancy.tenants for a single key.  Returns
- * whether a row was found.
+ * Scan one unique index of tenancy.tenants for a single key.  With fresh,
+ * read with a snapshot taken after both locks are held (for the cache);
+ * else as the caller's snapshot sees it.  Returns whether a row was found.
  */
 static bool
 tenant_scan(const char *indexname, AttrNumber attno, RegProcedure eqproc,
-			Oid collation, Datum value, TenancyTenant *out)
+			Oid collation, Datum value, bool fresh, TenantRow *out)
 {
 	Relation	rel;
+	Oid			indexid = tenancy_relation_oid(indexname, false);
 	SysScanDesc scan;
 	ScanKeyData key;
 	HeapTuple	tuple;
@@ -98,27 +181,86 @@ tenant_scan(const char *indexname, AttrNumber attno, RegProcedure eqproc,
 	Snapshot	snapshot;
 
 	rel = table_open(tenancy_relation_oid("tenants", false), AccessShareLock);
+	LockRelationOid(indexid, AccessShareLock);
 	ScanKeyEntryInitialize(&key, 0, attno, BTEqualStrategyNumber, InvalidOid,
 						   collation, eqproc, value);
-	snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
-	scan = systable_beginscan(rel, tenancy_relation_oid(indexname, false), true, snapshot, 1, &key);
+	if (fresh)
+		snapshot = GetLatestSnapshot();
+	else
+		snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
+	scan = systable_beginscan(rel, indexid, true, snapshot, 1, &key);
 	tuple = systable_getnext(scan);
 	if (HeapTupleIsValid(tuple))
 	{
-		tenant_from_tuple(tuple, RelationGetDescr(rel), out);
+		row_from_tuple(tuple, RelationGetDescr(rel), out);
 		found = true;
 	}
 	systable_endscan(scan);
+	UnlockRelationOid(indexid, AccessShareLock);
 	table_close(rel, AccessShareLock);
 	return found;
 }
 
-/* Look a tenant up by id.  Returns false when there is none. */
+/* Look a tenant up by id, through the cache.  Returns false when there is none. */
 bool
 tenancy_tenant_lookup(const pg_uuid_t *id, TenancyTenant *out)
 {
-	return tenant_scan("tenants_pkey", Anum_tenants_id, F_UUID_EQ, InvalidOid,
-					   UUIDPGetDatum(id), out);
+	TenantCacheEntry *entry;
+	TenantRow	row;
+
+	/* No fresh snapshot can be taken in parallel mode: no cache there. */
+	if (IsInParallelMode())
+	{
+		if (!tenant_scan("tenants_pkey", Anum_tenants_id, F_UUID_EQ, InvalidOid,
+						 UUIDPGetDatum(id), false, &row))
+			return false;
+		row_effective(&row, out);
+		return true;
+	}
+
+	tenant_cache_prepare();
+	entry = hash_search(tenant_cache, id, HASH_FIND, NULL);
+	if (entry != NULL)
+	{
+		row_effective(&entry->row, out);
+		return true;
+	}
+	if (!tenant_scan("tenants_pkey", Anum_tenants_id, F_UUID_EQ, InvalidOid,
+					 UUIDPGetDatum(id), true, &row))
+		return false;
+	/* An invalidation that arrived during the look-up: do not keep it. */
+	if (!tenant_cache_stale)
+	{
+		if (hash_get_num_entries(tenant_cache) >= TENANT_CACHE_MAX)
+			tenant_cache_stale = true;
+		else
+		{
+			entry = hash_search(tenant_cache, id, HASH_ENTER, NULL);
+			entry->row = row;
+		}
+	}
+	row_effective(&row, out);
+	return true;
+}
+
+/*
+ * Trigger function tenancy._tenants_changed(): AFTER INSERT, UPDATE,
+ * DELETE or TRUNCATE, FOR EACH STATEMENT on tenancy.tenants.  Sends a
+ * relcache invalidation of the table at commit, which empties every
+ * backend's cache of tenant rows.
+ */
+Datum
+tenancy_tenants_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("tenancy: tenancy._tenants_changed() must be fired AFTER, FOR EACH STATEMENT")));
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	return PointerGetDatum(NULL);
 }
 
 /*
@@ -134,8 +276,15 @@ tenancy_tenant_try_resolve(const char *tenant, TenancyTenant *out)
 		return tenancy_tenant_lookup(&id, out);
 	if (strlen(tenant) >= NAMEDATALEN)
 		return false;			/* longer than any slug */
-	return tenant_scan("tenants_slug_key", Anum_tenants_slug, F_TEXTEQ,
-					   C_COLLATION_OID, CStringGetTextDatum(tenant), out);
+	{
+		TenantRow	row;
+
+		if (!tenant_scan("tenants_slug_key", Anum_tenants_slug, F_TEXTEQ,
+						 C_COLLATION_OID, CStringGetTextDatum(tenant), false, &row))
+			return false;
+		row_effective(&row, out);
+		return true;
+	}
 }
 
 /* As tenancy_tenant_try_resolve, raising TN002 when none matches. */
