@@ -127,6 +127,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t0 timestamptz;
     k text := current_setting('bench.key', true);
+    ta uuid[] := ARRAY[nullif(current_setting('app.tenant_id'), '')::uuid];
+    ra text[] := ARRAY['api_calls'];
+    aa timestamptz[] := ARRAY[now()];
+    ma bigint[] := ARRAY[1::bigint];
 BEGIN
     t0 := clock_timestamp();
     FOR i IN 1 .. n LOOP
@@ -142,6 +146,17 @@ BEGIN
                 AND (expires_at IS NULL OR expires_at > now());
         WHEN 'verify_api_key' THEN PERFORM tenancy.verify_api_key(k);
         WHEN 'authenticate' THEN PERFORM tenancy.authenticate(k, true);
+        -- the INSERT that usage_flush() runs at commit, with and without
+        -- its EXISTS test on tenancy.tenants (superuser only)
+        WHEN 'events-insert+exists' THEN
+            INSERT INTO tenancy.usage_events (tenant_id, resource, at, amount)
+            SELECT e.t, e.r, e.a, e.m
+              FROM ROWS FROM (unnest(ta), unnest(ra), unnest(aa), unnest(ma)) AS e(t, r, a, m)
+             WHERE EXISTS (SELECT FROM tenancy.tenants x WHERE x.id = e.t);
+        WHEN 'events-insert' THEN
+            INSERT INTO tenancy.usage_events (tenant_id, resource, at, amount)
+            SELECT e.t, e.r, e.a, e.m
+              FROM ROWS FROM (unnest(ta), unnest(ra), unnest(aa), unnest(ma)) AS e(t, r, a, m);
         END CASE;
         COMMIT;
     END LOOP;
