@@ -452,6 +452,33 @@ rel_owner(Oid relid)
  * it).  In a read-only transaction nothing can be written: the pending
  * records are carried to the next transaction that can.
  */
+/* The last tenant usage_tenant_exists() looked up. */
+typedef struct SeenTenant
+{
+	bool		valid;
+	bool		exists;
+	pg_uuid_t	id;
+} SeenTenant;
+
+/*
+ * Usage of a tenant that no longer exists is dropped: a purge meters the
+ * rows it deletes, and carried denial records may be written after their
+ * tenant was purged.  One index look-up per distinct tenant in a row.
+ */
+static bool
+usage_tenant_exists(const pg_uuid_t *id, SeenTenant *seen)
+{
+	TenancyTenant t;
+
+	if (!seen->valid || memcmp(&seen->id, id, sizeof(pg_uuid_t)) != 0)
+	{
+		seen->exists = tenancy_tenant_lookup(id, &t);
+		memcpy(&seen->id, id, sizeof(pg_uuid_t));
+		seen->valid = true;
+	}
+	return seen->exists;
+}
+
 static void
 usage_flush(void)
 {
@@ -471,6 +498,7 @@ usage_flush(void)
 	PendingEntry *entry;
 	TimestampTz xact_start = GetCurrentTransactionStartTimestamp();
 	bool		pushed_snapshot = false;
+	SeenTenant	seen = {0};
 
 	for (i = 0; i < ncarried; i++)
 		if (!carried[i].inflight)
@@ -502,6 +530,15 @@ usage_flush(void)
 		return;
 	}
 
+	/*
+	 * The tenant test below sees what the INSERT will see: SPI advances
+	 * the command counter and takes a new snapshot for it, so do the same
+	 * (a tenant deleted by the last statement of a purge is gone).
+	 */
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pushed_snapshot = true;
+
 	nrows += npending;
 	tenants = palloc(sizeof(Datum) * nrows);
 	resources = palloc(sizeof(Datum) * nrows);
@@ -515,7 +552,7 @@ usage_flush(void)
 		{
 			pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
 
-			if (entry->amount == 0)
+			if (entry->amount == 0 || !usage_tenant_exists(&entry->key.tenant, &seen))
 				continue;
 			memcpy(u, &entry->key.tenant, sizeof(pg_uuid_t));
 			tenants[nrows] = UUIDPGetDatum(u);
@@ -529,7 +566,7 @@ usage_flush(void)
 	{
 		pg_uuid_t  *u;
 
-		if (carried[i].inflight)
+		if (carried[i].inflight || !usage_tenant_exists(&carried[i].tenant, &seen))
 			continue;
 		u = palloc(sizeof(pg_uuid_t));
 		memcpy(u, &carried[i].tenant, sizeof(pg_uuid_t));
@@ -549,12 +586,6 @@ usage_flush(void)
 		args[3] = PointerGetDatum(construct_array(amounts, nrows, INT8OID, sizeof(int64),
 												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 
-		/* At PRE_COMMIT there is no active snapshot any more. */
-		if (!ActiveSnapshotSet())
-		{
-			PushActiveSnapshot(GetTransactionSnapshot());
-			pushed_snapshot = true;
-		}
 		GetUserIdAndSecContext(&save_userid, &save_sec);
 		SetUserIdAndSecContext(rel_owner(relid), save_sec | SECURITY_LOCAL_USERID_CHANGE);
 		if (SPI_connect() != SPI_OK_CONNECT)
@@ -565,16 +596,14 @@ usage_flush(void)
 			SPIPlanPtr	plan;
 
 			/*
-			 * Usage of a tenant that no longer exists is dropped: a purge
-			 * meters the rows it deletes, and carried denial records may
-			 * be written after their tenant was purged.
+			 * No EXISTS test on tenancy.tenants here: its generic plan
+			 * hashes a sequential scan of every tenant at each commit
+			 * (usage_tenant_exists() does the test above).
 			 */
 			plan = SPI_prepare("INSERT INTO tenancy.usage_events (tenant_id, resource, at, amount) "
 							   "SELECT e.t, e.r, e.a, e.m "
 							   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
-							   "pg_catalog.unnest($3), pg_catalog.unnest($4)) AS e(t, r, a, m) "
-							   "WHERE EXISTS (SELECT FROM tenancy.tenants x "
-							   "WHERE x.id OPERATOR(pg_catalog.=) e.t)",
+							   "pg_catalog.unnest($3), pg_catalog.unnest($4)) AS e(t, r, a, m)",
 							   4, argtypes);
 			if (plan == NULL)
 				elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -587,9 +616,9 @@ usage_flush(void)
 			elog(ERROR, "tenancy: writing usage failed: %s", SPI_result_code_string(ret));
 		SPI_finish();
 		SetUserIdAndSecContext(save_userid, save_sec);
-		if (pushed_snapshot)
-			PopActiveSnapshot();
 	}
+	if (pushed_snapshot)
+		PopActiveSnapshot();
 
 	pending_reset();
 	for (i = 0; i < ncarried; i++)
