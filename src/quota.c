@@ -765,16 +765,19 @@ own_net(QuotaEntry *e)
 	return net;
 }
 
-/* What this transaction is giving back on an entry, over all its records. */
+/*
+ * What this transaction has reserved (give_back false) or is giving back
+ * (give_back true) on an entry, over all its records.
+ */
 static int64
-own_neg(QuotaEntry *e)
+own_total(QuotaEntry *e, bool give_back)
 {
-	int64		neg = 0;
+	int64		total = 0;
 
 	for (int i = 0; i < npending; i++)
 		if (pending[i].entry == e)
-			neg += pending[i].neg;
-	return neg;
+			total += give_back ? pending[i].neg : pending[i].pos;
+	return total;
 }
 
 /*
@@ -807,7 +810,7 @@ pending_reserve(Pending *p, int64 amount, bool has_limit, int64 limit, int64 *us
 		SpinLockRelease(&e->mutex);
 		if (ok || attempt > 0)
 			break;
-		credit = own_neg(e);
+		credit = own_total(e, true);
 		if (credit == 0)
 			break;
 	}
@@ -829,18 +832,6 @@ pending_force(Pending *p, int64 amount)
 	e->reserved += amount;
 	SpinLockRelease(&e->mutex);
 	p->pos += amount;
-}
-
-/* What this transaction has reserved on an entry, over all its records. */
-static int64
-own_pos(QuotaEntry *e)
-{
-	int64		pos = 0;
-
-	for (int i = 0; i < npending; i++)
-		if (pending[i].entry == e)
-			pos += pending[i].pos;
-	return pos;
 }
 
 /*
@@ -872,7 +863,7 @@ pending_release(Pending *p, int64 amount)
 			break;
 		}
 		SpinLockRelease(&e->mutex);
-		mine = own_pos(e);
+		mine = own_total(e, false);
 	}
 	p->neg += eff;
 	return eff;
