@@ -1485,6 +1485,51 @@ require_explicit(const char *resource, const char *fn)
 				 errhint("Insert or delete rows, or create or revoke keys, instead.")));
 }
 
+/* The arguments and counter of consume_quota() / release_quota(). */
+typedef struct ExplicitCall
+{
+	char		resource[TENANCY_RESOURCE_LEN];
+	int64		amount;
+	pg_uuid_t	tenant;
+	bool		has_limit;
+	int64		limit;
+	Pending    *p;
+} ExplicitCall;
+
+/*
+ * Read the arguments of consume_quota() or release_quota() (named fn) and
+ * find the context tenant's counter of the resource in its current period.
+ */
+static void
+explicit_call(FunctionCallInfo fcinfo, const char *fn, ExplicitCall *call)
+{
+	int			period;
+	QuotaKey	key;
+
+	tenancy_shmem_require();
+	tenancy_quota_resource_arg(fcinfo, 0, call->resource);
+	call->amount = amount_arg(fcinfo, 1, "amount");
+	require_explicit(call->resource, fn);
+	require_writable();
+	memcpy(&call->tenant, tenancy_context_current(), sizeof(pg_uuid_t));
+
+	limit_lookup(&call->tenant, call->resource, &call->has_limit, &call->limit, &period);
+	make_key(&key, &call->tenant, call->resource, period_start(period));
+	call->p = pending_get(&key, InvalidOid, NULL);
+}
+
+/* The usage of a counter as this transaction sees it. */
+static int64
+visible_usage(Pending *p)
+{
+	int64		used;
+
+	SpinLockAcquire(&p->entry->mutex);
+	used = p->entry->committed;
+	SpinLockRelease(&p->entry->mutex);
+	return Max(used + own_net(p->entry), 0);
+}
+
 /*
  * SQL: tenancy.consume_quota(resource text, amount bigint DEFAULT 1)
  * RETURNS bigint.  Checks and adds atomically for the context tenant;
@@ -1494,36 +1539,18 @@ require_explicit(const char *resource, const char *fn)
 Datum
 tenancy_consume_quota(PG_FUNCTION_ARGS)
 {
-	char		resource[TENANCY_RESOURCE_LEN];
-	int64		amount;
-	pg_uuid_t	tenant;
-	bool		has_limit;
-	int64		limit;
-	int			period;
-	QuotaKey	key;
-	Pending    *p;
+	ExplicitCall call;
 	int64		used;
 
-	tenancy_shmem_require();
-	tenancy_quota_resource_arg(fcinfo, 0, resource);
-	amount = amount_arg(fcinfo, 1, "amount");
-	require_explicit(resource, "consume_quota");
-	require_writable();
-	memcpy(&tenant, tenancy_context_current(), sizeof(pg_uuid_t));
-
-	limit_lookup(&tenant, resource, &has_limit, &limit, &period);
-	make_key(&key, &tenant, resource, period_start(period));
-	p = pending_get(&key, InvalidOid, NULL);
-	if (amount > 0)
+	explicit_call(fcinfo, "consume_quota", &call);
+	if (call.amount > 0)
 	{
-		if (!pending_reserve(p, amount, has_limit, limit, &used))
-			raise_quota_exceeded(&tenant, resource, used + own_net(p->entry), amount, limit);
-		tenancy_usage_record(&tenant, resource, amount, false);
+		if (!pending_reserve(call.p, call.amount, call.has_limit, call.limit, &used))
+			raise_quota_exceeded(&call.tenant, call.resource, used + own_net(call.p->entry),
+								 call.amount, call.limit);
+		tenancy_usage_record(&call.tenant, call.resource, call.amount, false);
 	}
-	SpinLockAcquire(&p->entry->mutex);
-	used = p->entry->committed;
-	SpinLockRelease(&p->entry->mutex);
-	PG_RETURN_INT64(Max(used + own_net(p->entry), 0));
+	PG_RETURN_INT64(visible_usage(call.p));
 }
 
 /*
@@ -1534,32 +1561,12 @@ tenancy_consume_quota(PG_FUNCTION_ARGS)
 Datum
 tenancy_release_quota(PG_FUNCTION_ARGS)
 {
-	char		resource[TENANCY_RESOURCE_LEN];
-	int64		amount;
-	pg_uuid_t	tenant;
-	bool		has_limit;
-	int64		limit;
-	int			period;
-	QuotaKey	key;
-	Pending    *p;
-	int64		used;
+	ExplicitCall call;
 
-	tenancy_shmem_require();
-	tenancy_quota_resource_arg(fcinfo, 0, resource);
-	amount = amount_arg(fcinfo, 1, "amount");
-	require_explicit(resource, "release_quota");
-	require_writable();
-	memcpy(&tenant, tenancy_context_current(), sizeof(pg_uuid_t));
-
-	limit_lookup(&tenant, resource, &has_limit, &limit, &period);
-	make_key(&key, &tenant, resource, period_start(period));
-	p = pending_get(&key, InvalidOid, NULL);
-	if (amount > 0)
-		pending_release(p, amount);
-	SpinLockAcquire(&p->entry->mutex);
-	used = p->entry->committed;
-	SpinLockRelease(&p->entry->mutex);
-	PG_RETURN_INT64(Max(used + own_net(p->entry), 0));
+	explicit_call(fcinfo, "release_quota", &call);
+	if (call.amount > 0)
+		pending_release(call.p, call.amount);
+	PG_RETURN_INT64(visible_usage(call.p));
 }
 
 /*
