@@ -946,6 +946,16 @@ new_key_datums(char *key, Datum *prefix, Datum *hash)
 	*prefix = PointerGetDatum(cstring_to_text_with_len(key, KEY_PREFIX_LEN));
 }
 
+/* The new key as the function's result; the plaintext buffer is wiped. */
+static text *
+key_result(char *key)
+{
+	text	   *result = cstring_to_text_with_len(key, KEY_LEN);
+
+	explicit_bzero(key, KEY_LEN + 1);
+	return result;
+}
+
 /*
  * SQL: tenancy.create_api_key(tenant text, name text, permissions text[]
  * DEFAULT '{read,write}', scopes text[] DEFAULT '{}', expires_at
@@ -962,7 +972,6 @@ tenancy_create_api_key(PG_FUNCTION_ARGS)
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	bool		isnull;
 	int			i;
-	text	   *result;
 
 	require_shmem();
 	if (PG_ARGISNULL(0))
@@ -991,9 +1000,7 @@ tenancy_create_api_key(PG_FUNCTION_ARGS)
 	}
 	(void) spi_as_owner("SELECT tenancy._api_key_create($1, $2, $3, $4, $5, $6, $7)",
 						7, argtypes, values, nulls, SPI_OK_SELECT, &isnull);
-	result = cstring_to_text_with_len(key, KEY_LEN);
-	explicit_bzero(key, sizeof(key));
-	PG_RETURN_TEXT_P(result);
+	PG_RETURN_TEXT_P(key_result(key));
 }
 
 /* SQL: tenancy.revoke_api_key(key_id uuid). */
@@ -1028,7 +1035,6 @@ tenancy_rotate_api_key(PG_FUNCTION_ARGS)
 	Datum		values[4];
 	char		nulls[4] = {' ', ' ', ' ', ' '};
 	bool		isnull;
-	text	   *result;
 
 	require_shmem();
 	managed_key(fcinfo, &row);
@@ -1044,9 +1050,7 @@ tenancy_rotate_api_key(PG_FUNCTION_ARGS)
 	(void) spi_as_owner("SELECT tenancy._api_key_rotate($1, $2, $3, $4)",
 						4, argtypes, values, nulls, SPI_OK_SELECT, &isnull);
 	binding_valid = false;
-	result = cstring_to_text_with_len(key, KEY_LEN);
-	explicit_bzero(key, sizeof(key));
-	PG_RETURN_TEXT_P(result);
+	PG_RETURN_TEXT_P(key_result(key));
 }
 
 /*
