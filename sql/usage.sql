@@ -4,6 +4,10 @@ SET client_min_messages = warning;
 SET TimeZone = 'UTC';
 SET DateStyle = 'ISO, YMD';
 \set SHOW_CONTEXT never
+-- Write usage at the commit of the transaction that recorded it, so that
+-- the raw rows can be read right after; the default (usage waiting in the
+-- session for tenancy.usage_flush_delay) is tested at the end.
+SET tenancy.usage_flush_delay = 0;
 
 -- err(sql): run a statement and show its SQLSTATE and message.
 CREATE FUNCTION pg_temp.err(sql text) RETURNS text LANGUAGE plpgsql AS $$
@@ -227,6 +231,53 @@ SELECT tenancy.delete_tenant('usage-c');
 SELECT tenancy.purge_tenant('usage-c');
 SELECT count(*) AS rollups_left FROM tenancy.usage_rollups r
  WHERE NOT EXISTS (SELECT FROM tenancy.tenants t WHERE t.id = r.tenant_id);
+
+-- The default: usage waits in the session and is written by a commit at
+-- least tenancy.usage_flush_delay later (or by usage(), rollup_usage(), the
+-- end of the session).  Until then usage() of every session sees it, from
+-- shared memory; a rollback still drops it.
+RESET tenancy.usage_flush_delay;
+SHOW tenancy.usage_flush_delay;
+SELECT tenancy.record_usage('deferred', 5, 'usage-a');
+SELECT tenancy.record_usage('deferred', 7, 'usage-b');
+BEGIN;
+SELECT tenancy.record_usage('deferred', 100, 'usage-a');
+ROLLBACK;
+SELECT tenancy._usage_record_carried(tenancy.tenant_id('usage-a'), 'quota_denied:deferred', 1);
+SELECT count(*) AS written_yet FROM tenancy.usage_events WHERE resource LIKE '%deferred';
+-- A read-only transaction cannot write them: usage() reads shared memory.
+BEGIN READ ONLY;
+SELECT resource, amount FROM tenancy.usage('usage-a', NULL, NULL, 'hour') WHERE resource LIKE '%deferred' ORDER BY 1;
+SELECT resource, amount FROM tenancy.usage('usage-b', NULL, NULL, 'hour') WHERE resource LIKE '%deferred' ORDER BY 1;
+COMMIT;
+-- The first commit after the delay writes them, in this transaction.
+SET tenancy.usage_flush_delay = '100ms';
+SELECT pg_sleep(0.2);
+SELECT 1 AS a_commit_after_the_delay;
+SELECT t.slug, e.resource, e.amount FROM tenancy.usage_events e JOIN tenancy.tenants t ON t.id = e.tenant_id
+ WHERE e.resource LIKE '%deferred' ORDER BY 1, 2;
+-- Written, they left shared memory: counted once.
+BEGIN READ ONLY;
+SELECT resource, amount FROM tenancy.usage('usage-a', NULL, NULL, 'month') WHERE resource LIKE '%deferred' ORDER BY 1;
+COMMIT;
+-- A write that rolls back gives them back to shared memory, and to the
+-- next commit.
+SET tenancy.usage_flush_delay = 0;
+SELECT tenancy.record_usage('deferred-2', 11, 'usage-a');
+RESET tenancy.usage_flush_delay;
+SELECT tenancy.record_usage('deferred-3', 13, 'usage-a');
+BEGIN;
+SELECT tenancy._usage_flush();
+SELECT count(*) AS in_flight FROM tenancy.usage_events WHERE resource = 'deferred-3';
+ROLLBACK;
+BEGIN READ ONLY;
+SELECT resource, amount FROM tenancy.usage('usage-a', NULL, NULL) WHERE resource LIKE 'deferred-%' ORDER BY 1;
+COMMIT;
+SELECT tenancy.rollup_usage() >= 2 AS rollup_writes_this_session_first;
+SELECT resource, amount FROM tenancy.usage_rollups
+ WHERE tenant_id = tenancy.tenant_id('usage-a') AND granularity = 'month' AND resource LIKE 'deferred%' ORDER BY 1;
+SELECT count(*) AS unfolded FROM tenancy.usage_events WHERE resource LIKE 'deferred%';
+SET tenancy.usage_flush_delay = 0;
 
 -- Leave no tenants behind for later tests.
 SELECT tenancy.delete_tenant(t), tenancy.purge_tenant(t) FROM unnest(ARRAY['usage-a', 'usage-b']) t;

@@ -36,6 +36,7 @@ bool		tenancy_guc_auto_protect = false;
 double		tenancy_guc_soft_limit_ratio = 0.8;
 char	   *tenancy_guc_purge_after = NULL;
 char	   *tenancy_guc_audit_retention = NULL;
+int			tenancy_guc_usage_flush_delay = 1000;
 
 /*
  * Parse a uuid in any of the forms uuid_in accepts: 32 hex digits, an
@@ -416,6 +417,15 @@ tenancy_guc_init(void)
 							   PGC_SUSET,
 							   0,
 							   check_interval_setting, NULL, NULL);
+
+	DefineCustomIntVariable("tenancy.usage_flush_delay",
+							"How long usage records may wait in a session before they are written.",
+							"0 writes them at the commit of the transaction that recorded them.",
+							&tenancy_guc_usage_flush_delay,
+							1000, 0, 60000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
 	/* Quota area: the size of the table of rate limit buckets. */
 	DefineCustomIntVariable("tenancy.max_rate_buckets",

@@ -42,6 +42,7 @@ extern bool tenancy_guc_auto_protect;
 extern double tenancy_guc_soft_limit_ratio;
 extern char *tenancy_guc_purge_after;
 extern char *tenancy_guc_audit_retention;
+extern int	tenancy_guc_usage_flush_delay;
 extern void tenancy_guc_init(void);
 extern bool tenancy_uuid_parse(const char *str, pg_uuid_t *out);
 extern void tenancy_uuid_format(const pg_uuid_t *uuid, char *buf);

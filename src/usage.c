@@ -7,30 +7,49 @@
  *
  * Transactional records (record_usage, consumed quotas, rows inserted...)
  * are summed in backend memory, keyed by tenant, resource and
- * subtransaction nesting level, and written once, at XACT_EVENT_PRE_COMMIT,
- * by one INSERT of a few array parameters into tenancy.usage_events.  So a
- * transaction that records a resource 100,000 times writes one row, a
- * rolled-back transaction writes nothing, and a rolled-back subtransaction
- * drops exactly what it recorded (its level's entries; a committed
- * subtransaction's entries are merged into its parent's level).
+ * subtransaction nesting level: a transaction that records a resource
+ * 100,000 times keeps one sum, a rolled-back transaction keeps nothing, and
+ * a rolled-back subtransaction drops exactly what it recorded (its level's
+ * entries; a committed subtransaction's entries are merged into its
+ * parent's level).
+ *
+ * When the transaction commits, its sums are "carried": kept in a
+ * backend-local list, summed by tenant, resource and UTC hour, and written
+ * to tenancy.usage_events later, in one INSERT of a few array parameters,
+ * by the PRE_COMMIT of a later read-write transaction of this backend once
+ * the oldest carried record is tenancy.usage_flush_delay old (or many are
+ * carried), by usage() or rollup_usage() called at top level, or, at the
+ * latest, in a short transaction of their own when the backend exits.  So
+ * recording usage does not turn a read-only request into a writing one:
+ * a busy session writes its usage about once per delay.  With
+ * tenancy.usage_flush_delay = 0 the sums are written at the PRE_COMMIT of
+ * the transaction that recorded them, with its other changes.
  *
  * Records that must survive the rollback of their transaction (quota and
- * rate-limit denials) are "carried": kept in a backend-local list, summed
- * by tenant, resource and UTC hour, and written by the next transaction of
- * this backend that commits in read-write mode (its PRE_COMMIT), by
- * usage() or rollup_usage() called at top level, or, at the latest, in a
- * short transaction of their own when the backend exits.  A carried record
+ * rate-limit denials) are carried at once, when recorded.  A carried record
  * is forgotten only when the transaction that wrote it commits; if it
- * aborts, the record is carried on.  They are also added at once to
+ * aborts, the record is carried on.  Denials are also added at once to
  * counters in shared memory (by resource), which tenancy.stats reads: those
  * never miss a denial, even if the backend is killed before writing.
  *
- * Shared memory: one struct with an LWLock (its own tranche) and a hash of
- * counters keyed by resource name (fixed-size, zero-padded keys).  Locking
- * protocol: look-up under LW_SHARED, then the entry's spinlock to add;
- * insertion under LW_EXCLUSIVE with a re-look-up (HASH_ENTER_NULL; a full
- * table counts into "dropped").  Readers take LW_SHARED and each entry's
- * spinlock.
+ * Every carried record not yet written is also published in a second
+ * shared hash, "unwritten", keyed by database, tenant, resource and hour,
+ * that usage() adds to what it reads from the tables: usage recorded by
+ * another session is visible as soon as its transaction committed.  A
+ * record leaves that hash when a transaction writes it (and comes back if
+ * that transaction aborts): a reader in another session may miss it for
+ * the moment the writing transaction takes to commit, never count it twice.
+ * A crash of the server loses what was carried and not yet written (at
+ * most about tenancy.usage_flush_delay of usage of each busy session);
+ * a clean shutdown or the end of a session writes it.
+ *
+ * Shared memory: one struct with an LWLock (its own tranche) and the two
+ * hashes (fixed-size, zero-padded keys).  Locking protocol: look-up under
+ * LW_SHARED, then the entry's spinlock to add; insertion under LW_EXCLUSIVE
+ * with a re-look-up (HASH_ENTER_NULL; a full denial table counts into
+ * "dropped", a full unwritten table makes this backend write at its next
+ * read-write commit); subtraction and removal under LW_EXCLUSIVE.  Readers
+ * take LW_SHARED and each entry's spinlock.
  *
  * The audit log guard: a trigger refuses UPDATE, DELETE and TRUNCATE of
  * tenancy.audit_log unless tenancy._audit_purge() (the retention purge of
@@ -85,6 +104,12 @@ PG_FUNCTION_INFO_V1(tenancy_audit_purge);
 /* Most carried records a backend keeps; more are counted, not written. */
 #define USAGE_MAX_CARRIED 10000
 
+/* Carried records from which a backend writes without waiting. */
+#define USAGE_FLUSH_RECORDS 1000
+
+/* Most unwritten (tenant, resource, hour) sums per server. */
+#define USAGE_MAX_UNWRITTEN 8192
+
 /* ---- transactional records ---- */
 
 typedef struct PendingKey
@@ -113,12 +138,16 @@ typedef struct CarriedRecord
 	TimestampTz at;				/* first occurrence */
 	int64		hour;			/* at / USECS_PER_HOUR, for summing */
 	int64		amount;
+	int64		published;		/* part of amount in the unwritten hash */
 	bool		inflight;		/* written by the current transaction */
 } CarriedRecord;
 
 static CarriedRecord *carried = NULL;
 static int	ncarried = 0;
 static int	carried_alloc = 0;
+static int	carried_unwritten = 0;	/* records not in flight */
+static TimestampTz carried_since = 0;	/* when the oldest of them came */
+static bool flush_urgent = false;	/* some could not be published */
 static bool exit_callback_registered = false;
 static bool carried_overflow_logged = false;
 
@@ -132,12 +161,32 @@ typedef struct UsageCounterKey
 	char		resource[TENANCY_RESOURCE_MAXLEN + 1];
 } UsageCounterKey;
 
+/* A shared sum: the part of every shared hash entry after its key. */
+typedef struct SharedSum
+{
+	slock_t		mutex;
+	int64		amount;
+} SharedSum;
+
 typedef struct UsageCounter
 {
 	UsageCounterKey key;
-	slock_t		mutex;
-	int64		amount;
+	SharedSum	sum;
 } UsageCounter;
+
+typedef struct UnwrittenKey
+{
+	Oid			dbid;
+	pg_uuid_t	tenant;
+	char		resource[TENANCY_RESOURCE_MAXLEN + 1];
+	int64		hour;
+} UnwrittenKey;
+
+typedef struct UnwrittenSum
+{
+	UnwrittenKey key;
+	SharedSum	sum;
+} UnwrittenSum;
 
 typedef struct UsageShared
 {
@@ -148,12 +197,13 @@ typedef struct UsageShared
 
 static UsageShared *usage_shared = NULL;
 static HTAB *usage_counters = NULL;
+static HTAB *usage_unwritten = NULL;
 
 /* ---- audit guard ---- */
 
 static bool audit_purge_allowed = false;
 
-static void usage_flush(void);
+static bool usage_flush(void);
 
 /* ------------------------------------------------------------------------
  * Shared memory
@@ -163,8 +213,9 @@ static void usage_flush(void);
 Size
 tenancy_usage_shmem_size(void)
 {
-	return add_size(MAXALIGN(sizeof(UsageShared)),
-					hash_estimate_size(USAGE_MAX_COUNTERS, sizeof(UsageCounter)));
+	return add_size(add_size(MAXALIGN(sizeof(UsageShared)),
+							 hash_estimate_size(USAGE_MAX_COUNTERS, sizeof(UsageCounter))),
+					hash_estimate_size(USAGE_MAX_UNWRITTEN, sizeof(UnwrittenSum)));
 }
 
 /* Called under AddinShmemInitLock by shmem.c. */
@@ -189,17 +240,64 @@ tenancy_usage_shmem_startup(void)
 	usage_counters = ShmemInitHash("tenancy usage counters",
 								   USAGE_MAX_COUNTERS, USAGE_MAX_COUNTERS,
 								   &info, HASH_ELEM | HASH_BLOBS);
+
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(UnwrittenKey);
+	info.entrysize = sizeof(UnwrittenSum);
+	usage_unwritten = ShmemInitHash("tenancy unwritten usage",
+									USAGE_MAX_UNWRITTEN, USAGE_MAX_UNWRITTEN,
+									&info, HASH_ELEM | HASH_BLOBS);
 }
 
 /* Raise 55000 unless this backend is attached to tenancy's shared memory. */
 static void
 require_shmem(void)
 {
-	if (usage_shared == NULL || usage_counters == NULL)
+	if (usage_shared == NULL || usage_counters == NULL || usage_unwritten == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("tenancy: shared memory is not attached"),
 				 errhint("Add tenancy to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/*
+ * Add amount to the sum of key in htab, an entry being created if need be.
+ * sum_offset is where the SharedSum of an entry lies.  False when the hash
+ * is full.  Never raises: callers run in commit and abort callbacks.
+ */
+static bool
+shared_sum_add(HTAB *htab, const void *key, Size sum_offset, int64 amount)
+{
+	char	   *entry;
+	SharedSum  *sum;
+
+	LWLockAcquire(&usage_shared->lock, LW_SHARED);
+	entry = hash_search(htab, key, HASH_FIND, NULL);
+	if (entry == NULL)
+	{
+		bool		found;
+
+		LWLockRelease(&usage_shared->lock);
+		LWLockAcquire(&usage_shared->lock, LW_EXCLUSIVE);
+		entry = hash_search(htab, key, HASH_ENTER_NULL, &found);
+		if (entry == NULL)
+		{
+			LWLockRelease(&usage_shared->lock);
+			return false;
+		}
+		if (!found)
+		{
+			sum = (SharedSum *) (entry + sum_offset);
+			SpinLockInit(&sum->mutex);
+			sum->amount = 0;
+		}
+	}
+	sum = (SharedSum *) (entry + sum_offset);
+	SpinLockAcquire(&sum->mutex);
+	sum->amount += amount;
+	SpinLockRelease(&sum->mutex);
+	LWLockRelease(&usage_shared->lock);
+	return true;
 }
 
 /* Add amount to the shared counter of resource. */
@@ -207,38 +305,65 @@ static void
 counter_add(const char *resource, int64 amount)
 {
 	UsageCounterKey key;
-	UsageCounter *entry;
 
 	if (usage_shared == NULL || usage_counters == NULL)
 		return;
 	memset(&key, 0, sizeof(key));
 	strlcpy(key.resource, resource, sizeof(key.resource));
+	if (!shared_sum_add(usage_counters, &key, offsetof(UsageCounter, sum), amount))
+		pg_atomic_fetch_add_u64(&usage_shared->dropped, 1);
+}
 
-	LWLockAcquire(&usage_shared->lock, LW_SHARED);
-	entry = hash_search(usage_counters, &key, HASH_FIND, NULL);
-	if (entry == NULL)
+static void
+unwritten_key(const CarriedRecord *r, UnwrittenKey *key)
+{
+	memset(key, 0, sizeof(*key));
+	key->dbid = MyDatabaseId;
+	memcpy(&key->tenant, &r->tenant, sizeof(pg_uuid_t));
+	strlcpy(key->resource, r->resource, sizeof(key->resource));
+	key->hour = r->hour;
+}
+
+/*
+ * Publish amount more of carried record r in the unwritten hash.  When the
+ * hash is full the record stays unpublished: usage() of other sessions
+ * cannot see it until it is written, which this backend then does at its
+ * next read-write commit.
+ */
+static void
+unwritten_publish(CarriedRecord *r, int64 amount)
+{
+	UnwrittenKey key;
+
+	if (usage_shared == NULL || usage_unwritten == NULL)
+		return;
+	unwritten_key(r, &key);
+	if (shared_sum_add(usage_unwritten, &key, offsetof(UnwrittenSum, sum), amount))
+		r->published += amount;
+	else
+		flush_urgent = true;
+}
+
+/* Take carried record r out of the unwritten hash (being written). */
+static void
+unwritten_withdraw(CarriedRecord *r)
+{
+	UnwrittenKey key;
+	UnwrittenSum *entry;
+
+	if (r->published == 0 || usage_shared == NULL || usage_unwritten == NULL)
+		return;
+	unwritten_key(r, &key);
+	LWLockAcquire(&usage_shared->lock, LW_EXCLUSIVE);
+	entry = hash_search(usage_unwritten, &key, HASH_FIND, NULL);
+	if (entry != NULL)
 	{
-		bool		found;
-
-		LWLockRelease(&usage_shared->lock);
-		LWLockAcquire(&usage_shared->lock, LW_EXCLUSIVE);
-		entry = hash_search(usage_counters, &key, HASH_ENTER_NULL, &found);
-		if (entry == NULL)
-		{
-			pg_atomic_fetch_add_u64(&usage_shared->dropped, 1);
-			LWLockRelease(&usage_shared->lock);
-			return;
-		}
-		if (!found)
-		{
-			SpinLockInit(&entry->mutex);
-			entry->amount = 0;
-		}
+		entry->sum.amount -= r->published;
+		if (entry->sum.amount <= 0)
+			hash_search(usage_unwritten, &key, HASH_REMOVE, NULL);
 	}
-	SpinLockAcquire(&entry->mutex);
-	entry->amount += amount;
-	SpinLockRelease(&entry->mutex);
 	LWLockRelease(&usage_shared->lock);
+	r->published = 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -349,58 +474,100 @@ pending_subxact_end(int level, bool commit)
 static void
 usage_exit_callback(int code, Datum arg);
 
-/* Add a record to the carried list (summed by tenant, resource, hour). */
+/*
+ * Make room for n more carried records, so that carrying them at commit
+ * (where nothing may fail) needs no allocation.
+ */
+static void
+carried_reserve(int n)
+{
+	int			newalloc = carried_alloc ? carried_alloc : 16;
+
+	if (ncarried + n <= carried_alloc)
+		return;
+	while (newalloc < ncarried + n)
+		newalloc *= 2;
+	ensure_context();
+	if (carried == NULL)
+		carried = MemoryContextAlloc(usage_context, sizeof(CarriedRecord) * newalloc);
+	else
+		carried = repalloc(carried, sizeof(CarriedRecord) * newalloc);
+	carried_alloc = newalloc;
+}
+
+/*
+ * Add a record to the carried list (summed by tenant, resource, hour) and
+ * publish it.  Allocates only when the list is full, which carrying at
+ * commit avoids with carried_reserve().
+ */
 static void
 carried_add(const pg_uuid_t *tenant, const char *resource, TimestampTz at, int64 amount)
 {
 	int64		hour = at / USECS_PER_HOUR;
+	CarriedRecord *r = NULL;
 	int			i;
 
 	for (i = 0; i < ncarried; i++)
 	{
-		CarriedRecord *r = &carried[i];
+		CarriedRecord *c = &carried[i];
 
-		if (!r->inflight && r->hour == hour &&
-			memcmp(&r->tenant, tenant, sizeof(pg_uuid_t)) == 0 &&
-			strcmp(r->resource, resource) == 0 &&
-			!pg_add_s64_overflow(r->amount, amount, &r->amount))
+		if (!c->inflight && c->hour == hour &&
+			memcmp(&c->tenant, tenant, sizeof(pg_uuid_t)) == 0 &&
+			strcmp(c->resource, resource) == 0 &&
+			!pg_add_s64_overflow(c->amount, amount, &c->amount))
+		{
+			r = c;
+			break;
+		}
+	}
+	if (r == NULL)
+	{
+		if (ncarried >= USAGE_MAX_CARRIED)
+		{
+			if (!carried_overflow_logged)
+				ereport(LOG,
+						(errmsg("tenancy: too many unwritten usage records in this session; dropping some"),
+						 errdetail("Records of resource \"%s\" were not written; tenancy.stats still counts denials.",
+								   resource)));
+			carried_overflow_logged = true;
 			return;
+		}
+		carried_reserve(1);
+		r = &carried[ncarried++];
+		memset(r, 0, sizeof(CarriedRecord));
+		memcpy(&r->tenant, tenant, sizeof(pg_uuid_t));
+		strlcpy(r->resource, resource, sizeof(r->resource));
+		r->at = at;
+		r->hour = hour;
+		r->amount = amount;
+		if (carried_unwritten++ == 0)
+			carried_since = GetCurrentTransactionStartTimestamp();
 	}
-	if (ncarried >= USAGE_MAX_CARRIED)
-	{
-		if (!carried_overflow_logged)
-			ereport(LOG,
-					(errmsg("tenancy: too many unwritten usage records in this session; dropping some"),
-					 errdetail("Records of resource \"%s\" were not written; tenancy.stats still counts them.",
-							   resource)));
-		carried_overflow_logged = true;
-		return;
-	}
-	ensure_context();
-	if (ncarried >= carried_alloc)
-	{
-		int			newalloc = carried_alloc ? carried_alloc * 2 : 16;
-
-		if (carried == NULL)
-			carried = MemoryContextAlloc(usage_context, sizeof(CarriedRecord) * newalloc);
-		else
-			carried = repalloc(carried, sizeof(CarriedRecord) * newalloc);
-		carried_alloc = newalloc;
-	}
-	memset(&carried[ncarried], 0, sizeof(CarriedRecord));
-	memcpy(&carried[ncarried].tenant, tenant, sizeof(pg_uuid_t));
-	strlcpy(carried[ncarried].resource, resource, sizeof(carried[ncarried].resource));
-	carried[ncarried].at = at;
-	carried[ncarried].hour = hour;
-	carried[ncarried].amount = amount;
-	carried[ncarried].inflight = false;
-	ncarried++;
+	unwritten_publish(r, amount);
 
 	if (!exit_callback_registered)
 	{
 		before_shmem_exit(usage_exit_callback, (Datum) 0);
 		exit_callback_registered = true;
 	}
+}
+
+/* Carry this transaction's pending records (at its commit). */
+static void
+pending_carry(void)
+{
+	HASH_SEQ_STATUS status;
+	PendingEntry *entry;
+	TimestampTz xact_start = GetCurrentTransactionStartTimestamp();
+
+	if (pending == NULL)
+		return;
+	hash_seq_init(&status, pending);
+	while ((entry = hash_seq_search(&status)) != NULL)
+		if (entry->amount > 0)
+			carried_add(&entry->key.tenant, entry->key.resource, xact_start,
+						entry->amount);
+	pending_reset();
 }
 
 /* The transaction that wrote the in-flight carried records committed. */
@@ -423,7 +590,45 @@ carried_retry_inflight(void)
 	int			i;
 
 	for (i = 0; i < ncarried; i++)
+	{
+		if (!carried[i].inflight)
+			continue;
 		carried[i].inflight = false;
+		if (carried_unwritten++ == 0)
+			carried_since = GetCurrentTransactionStartTimestamp();
+		unwritten_publish(&carried[i], carried[i].amount - carried[i].published);
+	}
+}
+
+/* Forget every carried record (the extension is gone, or the backend). */
+static void
+carried_drop_all(void)
+{
+	int			i;
+
+	for (i = 0; i < ncarried; i++)
+		unwritten_withdraw(&carried[i]);
+	ncarried = 0;
+	carried_unwritten = 0;
+}
+
+/*
+ * Should this commit write the carried records?  When the delay is 0, when
+ * the oldest is tenancy.usage_flush_delay old, when many are carried, or
+ * when some could not be published.
+ */
+static bool
+usage_flush_due(void)
+{
+	if (pending == NULL && carried_unwritten == 0)
+		return false;
+	if (tenancy_guc_usage_flush_delay == 0 || flush_urgent)
+		return true;
+	if (carried_unwritten == 0)
+		return false;
+	return carried_unwritten >= USAGE_FLUSH_RECORDS ||
+		TimestampDifferenceExceeds(carried_since, GetCurrentTransactionStartTimestamp(),
+								   tenancy_guc_usage_flush_delay);
 }
 
 /* ------------------------------------------------------------------------
@@ -479,7 +684,7 @@ usage_tenant_exists(const pg_uuid_t *id, SeenTenant *seen)
 	return seen->exists;
 }
 
-static void
+static bool
 usage_flush(void)
 {
 	int			npending = pending ? hash_get_num_entries(pending) : 0;
@@ -500,34 +705,20 @@ usage_flush(void)
 	bool		pushed_snapshot = false;
 	SeenTenant	seen = {0};
 
-	for (i = 0; i < ncarried; i++)
-		if (!carried[i].inflight)
-			nrows++;
+	nrows = carried_unwritten;
 	if (npending == 0 && nrows == 0)
-		return;
-	if (GetCurrentTransactionNestLevel() != 1 || IsParallelWorker())
-		return;
-
-	if (XactReadOnly || RecoveryInProgress())
-	{
-		if (npending > 0)
-		{
-			hash_seq_init(&status, pending);
-			while ((entry = hash_seq_search(&status)) != NULL)
-				carried_add(&entry->key.tenant, entry->key.resource, xact_start,
-							entry->amount);
-			pending_reset();
-		}
-		return;
-	}
+		return true;
+	if (GetCurrentTransactionNestLevel() != 1 || IsParallelWorker() ||
+		XactReadOnly || RecoveryInProgress())
+		return false;
 
 	relid = tenancy_relation_oid("usage_events", true);
 	if (!OidIsValid(relid))
 	{
 		/* The extension is not (or no longer) installed here. */
 		pending_reset();
-		ncarried = 0;
-		return;
+		carried_drop_all();
+		return true;
 	}
 
 	/*
@@ -622,7 +813,15 @@ usage_flush(void)
 
 	pending_reset();
 	for (i = 0; i < ncarried; i++)
+	{
+		if (carried[i].inflight)
+			continue;
 		carried[i].inflight = true;
+		unwritten_withdraw(&carried[i]);
+	}
+	carried_unwritten = 0;
+	flush_urgent = false;
+	return true;
 }
 
 /*
@@ -632,19 +831,28 @@ usage_flush(void)
 static void
 usage_exit_callback(int code, Datum arg)
 {
-	int			i;
-	bool		any = false;
-
-	for (i = 0; i < ncarried; i++)
-		any |= !carried[i].inflight;
-	if (!any || !IsUnderPostmaster || !OidIsValid(MyDatabaseId) || MyProc == NULL ||
-		RecoveryInProgress())
-		return;
 	AbortOutOfAnyTransaction();
-	carried_retry_inflight();
-	StartTransactionCommand();
-	usage_flush();
-	CommitTransactionCommand();
+	if (ncarried == 0)
+		return;
+	if (IsUnderPostmaster && OidIsValid(MyDatabaseId) && MyProc != NULL &&
+		!RecoveryInProgress())
+	{
+		PG_TRY();
+		{
+			StartTransactionCommand();
+			usage_flush();
+			CommitTransactionCommand();
+		}
+		PG_CATCH();
+		{
+			EmitErrorReport();
+			FlushErrorState();
+			AbortOutOfAnyTransaction();
+		}
+		PG_END_TRY();
+	}
+	/* What could not be written is lost: take it out of shared memory. */
+	carried_drop_all();
 }
 
 static void
@@ -653,11 +861,25 @@ usage_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_COMMIT:
+			if (usage_flush_due())
+				(void) usage_flush();
+			if (pending != NULL)
+				carried_reserve(hash_get_num_entries(pending));
+			break;
 		case XACT_EVENT_PRE_PREPARE:
-			if (pending != NULL || ncarried > 0)
-				usage_flush();
+			/* A prepared transaction's records go with it. */
+			if (!usage_flush() && pending != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("tenancy: cannot PREPARE a transaction that recorded usage here"),
+						 errhint("Record usage at the top level of a read-write transaction.")));
 			break;
 		case XACT_EVENT_COMMIT:
+			if (ncarried > 0)
+				carried_forget_inflight();
+			pending_carry();
+			audit_purge_allowed = false;
+			break;
 		case XACT_EVENT_PREPARE:
 			pending_reset();
 			if (ncarried > 0)
@@ -955,6 +1177,57 @@ require_key_admin_for_usage(void)
 }
 
 /*
+ * The unwritten records of a tenant in this database, published by every
+ * session (see the header comment), as three arrays: resource, start of
+ * the hour, amount.
+ */
+static void
+unwritten_arrays(const pg_uuid_t *tenant, Datum *resources, Datum *hours, Datum *amounts)
+{
+	HASH_SEQ_STATUS status;
+	UnwrittenSum *entry;
+	int			n = 0;
+	int			alloc = 16;
+	Datum	   *r = palloc(sizeof(Datum) * alloc);
+	Datum	   *h = palloc(sizeof(Datum) * alloc);
+	Datum	   *a = palloc(sizeof(Datum) * alloc);
+
+	require_shmem();
+	LWLockAcquire(&usage_shared->lock, LW_SHARED);
+	hash_seq_init(&status, usage_unwritten);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		int64		amount;
+
+		if (entry->key.dbid != MyDatabaseId ||
+			memcmp(&entry->key.tenant, tenant, sizeof(pg_uuid_t)) != 0)
+			continue;
+		SpinLockAcquire(&entry->sum.mutex);
+		amount = entry->sum.amount;
+		SpinLockRelease(&entry->sum.mutex);
+		if (amount <= 0)
+			continue;
+		if (n == alloc)
+		{
+			alloc *= 2;
+			r = repalloc(r, sizeof(Datum) * alloc);
+			h = repalloc(h, sizeof(Datum) * alloc);
+			a = repalloc(a, sizeof(Datum) * alloc);
+		}
+		r[n] = CStringGetTextDatum(entry->key.resource);
+		h[n] = TimestampTzGetDatum(entry->key.hour * USECS_PER_HOUR);
+		a[n] = Int64GetDatum(amount);
+		n++;
+	}
+	LWLockRelease(&usage_shared->lock);
+	*resources = PointerGetDatum(construct_array(r, n, TEXTOID, -1, false, TYPALIGN_INT));
+	*hours = PointerGetDatum(construct_array(h, n, TIMESTAMPTZOID, sizeof(TimestampTz),
+											 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	*amounts = PointerGetDatum(construct_array(a, n, INT8OID, sizeof(int64),
+											   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
  * SQL: tenancy.usage(tenant text, since timestamptz, until timestamptz,
  * granularity text DEFAULT 'day') RETURNS TABLE(period_start timestamptz,
  * resource text, amount bigint).
@@ -976,8 +1249,9 @@ tenancy_usage(PG_FUNCTION_ARGS)
 	Oid			save_userid;
 	int			save_sec;
 	int			save_nestlevel;
-	Oid			argtypes[4] = {UUIDOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
-	Datum		args[4];
+	Oid			argtypes[7] = {UUIDOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+	TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
+	Datum		args[7];
 	uint64		i;
 
 	if (PG_ARGISNULL(3))
@@ -996,11 +1270,12 @@ tenancy_usage(PG_FUNCTION_ARGS)
 
 	tupstore = materialize_srf(fcinfo, &tupdesc);
 
-	usage_flush();
+	(void) usage_flush();
 	relid = tenancy_relation_oid("usage_events", true);
 	if (!OidIsValid(relid))
 		elog(ERROR, "tenancy: relation tenancy.usage_events is missing");
 
+	unwritten_arrays(&tenant, &args[4], &args[5], &args[6]);
 	args[0] = UUIDPGetDatum(&tenant);
 	args[1] = CStringGetTextDatum(granularity);
 	args[2] = PG_ARGISNULL(1) ? DirectFunctionCall1(timestamptz_in, CStringGetDatum("-infinity"))
@@ -1027,9 +1302,13 @@ tenancy_usage(PG_FUNCTION_ARGS)
 							  "        SELECT date_trunc($2, e.at, 'UTC'), e.resource, e.amount "
 							  "          FROM tenancy.usage_events e, b "
 							  "         WHERE e.tenant_id = $1 AND e.at >= b.lo "
-							  "           AND date_trunc($2, e.at, 'UTC') < b.hi) s "
+							  "           AND date_trunc($2, e.at, 'UTC') < b.hi "
+							  "        UNION ALL "
+							  "        SELECT date_trunc($2, u.a, 'UTC'), u.r, u.m "
+							  "          FROM ROWS FROM (unnest($5), unnest($6), unnest($7)) AS u(r, a, m), b "
+							  "         WHERE u.a >= b.lo AND date_trunc($2, u.a, 'UTC') < b.hi) s "
 							  " GROUP BY 1, 2 ORDER BY 1, 2",
-							  4, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+							  7, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "tenancy: reading usage failed");
 
 	for (i = 0; i < SPI_processed; i++)
@@ -1071,9 +1350,9 @@ tenancy_usage_counters(PG_FUNCTION_ARGS)
 		bool		nulls[2] = {false, false};
 		int64		amount;
 
-		SpinLockAcquire(&entry->mutex);
-		amount = entry->amount;
-		SpinLockRelease(&entry->mutex);
+		SpinLockAcquire(&entry->sum.mutex);
+		amount = entry->sum.amount;
+		SpinLockRelease(&entry->sum.mutex);
 		values[0] = CStringGetTextDatum(entry->key.resource);
 		values[1] = Int64GetDatum(amount);
 		tuplestore_putvalues(tupstore, tupdesc, values, nulls);
