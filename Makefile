@@ -37,7 +37,7 @@ DOCS_APIKEY = doc/tenancy-apikeys.md
 # -- usage metering, audit, stats
 OBJS_USAGE = src/usage.o
 REGRESS_USAGE = usage audit
-ISOLATION_USAGE = usage_rollup
+ISOLATION_USAGE = usage_rollup usage_deferred
 DOCS_USAGE = doc/tenancy-usage.md
 
 OBJS = $(OBJS_CORE) $(OBJS_CONTEXT) $(OBJS_QUOTA) $(OBJS_APIKEY) $(OBJS_USAGE)

@@ -10,7 +10,7 @@ use Test::More;
 
 my $node = PostgreSQL::Test::Cluster->new('usage_carried');
 $node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'tenancy'");
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'tenancy'\nrestart_after_crash = on");
 $node->start;
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION tenancy CASCADE;
@@ -81,6 +81,47 @@ is($node->safe_psql('postgres',
 is($node->safe_psql('postgres', q{
 	SELECT sum(amount) FROM tenancy.usage('acme', NULL, NULL, 'month')}),
 	'8', 'the recorded usage survives the restart');
+
+# --- Usage waiting in a session (tenancy.usage_flush_delay) -------------
+sub usage_of
+{
+	my ($resource) = @_;
+	return $node->safe_psql('postgres', qq{
+		SELECT coalesce(sum(amount), 0) FROM tenancy.usage('acme', NULL, NULL, 'month')
+		 WHERE resource = '$resource'});
+}
+
+# A session records usage in requests that write nothing and stays open.
+my $bg = $node->background_psql('postgres', on_error_stop => 0);
+$bg->query_safe("SET tenancy.usage_flush_delay = '60s'");
+$bg->query_safe("SELECT tenancy.record_usage('waiting', 2, 'acme')") for 1 .. 3;
+$bg->query_safe("BEGIN; SELECT tenancy.record_usage('waiting', 100, 'acme'); ROLLBACK");
+is(events('waiting'), '0', 'usage waiting in a session is not written yet');
+is(usage_of('waiting'), '6', "another session's usage() sees it at once");
+$node->safe_psql('postgres', 'SELECT tenancy.rollup_usage()');
+is(usage_of('waiting'), '6', "another session's rollup leaves it, and it is counted once");
+
+# A fast shutdown ends the session, which writes it.
+$node->stop('fast');
+$bg->quit;
+$node->start;
+is(events('waiting'), '6', 'a fast shutdown writes the usage a session was holding');
+is(usage_of('waiting'), '6', 'and usage() counts it once after the restart');
+
+# A crash of the server loses what was waiting (at most about
+# tenancy.usage_flush_delay of a busy session's usage), nothing else.
+$bg = $node->background_psql('postgres', on_error_stop => 0);
+$bg->query_safe("SET tenancy.usage_flush_delay = '60s'");
+$bg->query_safe("SELECT tenancy.record_usage('lost', 4, 'acme')");
+is(usage_of('lost'), '4', 'visible before the crash');
+my $pid = $bg->query_safe('SELECT pg_backend_pid()');
+chomp $pid;
+kill 'KILL', $pid;
+$bg->quit;
+$node->poll_query_until('postgres', 'SELECT 1', '1')
+  or die 'the server did not come back after the crash';
+is(usage_of('lost'), '0', 'a crash loses the usage that was waiting in memory');
+is(usage_of('waiting'), '6', 'and only that');
 
 $node->stop;
 done_testing();
