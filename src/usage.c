@@ -831,9 +831,9 @@ usage_flush(void)
 static void
 usage_exit_callback(int code, Datum arg)
 {
-	AbortOutOfAnyTransaction();
 	if (ncarried == 0)
 		return;
+	AbortOutOfAnyTransaction();
 	if (IsUnderPostmaster && OidIsValid(MyDatabaseId) && MyProc != NULL &&
 		!RecoveryInProgress())
 	{
