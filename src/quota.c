@@ -9,10 +9,12 @@
  *
  *	- Committed usage is durable in tenancy.quota_ledger, an append-only
  *	  table of deltas (tenant, resource, period_start, relid, delta).  A
- *	  transaction appends its net deltas at PRE_COMMIT, in one INSERT, so
- *	  they commit or vanish with its data.  Appending never waits on a row
- *	  lock and never fails with a serialization error, whatever the
- *	  isolation level.
+ *	  transaction appends its net deltas at PRE_COMMIT, formed here and
+ *	  inserted with the table AM and index maintenance (no SPI), so they
+ *	  commit or vanish with its data.  Appending never waits on a row lock
+ *	  and never fails with a serialization error, whatever the isolation
+ *	  level.  A transaction that wrote nothing else commits without waiting
+ *	  for its WAL flush (tenancy.synchronous_quota_commit).
  *	- Shared memory caches, per (database, tenant, resource, period start),
  *	  the committed usage plus what transactions in flight have reserved
  *	  (positive deltas, checked against the limit) and are releasing
