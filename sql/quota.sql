@@ -297,6 +297,61 @@ SELECT count(*) = count(DISTINCT (tenant_id, resource, period_start, relid)) AS 
   FROM tenancy.quota_ledger;
 SELECT resource, used FROM tenancy.quota_usage('q-acme') ORDER BY 1;
 
+-- The ledger is appended at commit, inside the transaction: one row per
+-- counter whose net change is not zero (relid NULL for an explicit counter,
+-- recorded_at the transaction's start).
+SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
+BEGIN;
+SELECT tenancy.consume_quota('ledger_a', 3);
+SELECT tenancy.consume_quota('ledger_b', 2);
+SELECT tenancy.release_quota('ledger_b', 2);                      -- nets to zero
+SELECT now() AS started \gset
+COMMIT;
+SELECT resource, period_start, relid, delta, recorded_at = :'started' AS at_start
+  FROM tenancy.quota_ledger WHERE resource LIKE 'ledger\_%' ORDER BY resource;
+-- A transaction that only changed quota usage (it may commit without
+-- waiting for the WAL flush: test/t/034_quota_commit.pl observes that) has
+-- its row and its count after commit, and leaves synchronous_commit as it was.
+SELECT tenancy.consume_quota('ledger_a');
+SHOW synchronous_commit;
+SET synchronous_commit = remote_apply;
+SELECT tenancy.release_quota('ledger_a', 2);
+SHOW synchronous_commit;
+RESET synchronous_commit;
+BEGIN;
+SET LOCAL synchronous_commit = local;
+SELECT tenancy.consume_quota('ledger_a', 5);
+COMMIT;
+SHOW synchronous_commit;
+SET tenancy.synchronous_quota_commit = on;
+SELECT tenancy.release_quota('ledger_a', 1);
+RESET tenancy.synchronous_quota_commit;
+SELECT used FROM tenancy.check_quota('ledger_a');
+SELECT array_agg(delta ORDER BY delta) AS deltas, sum(delta)
+  FROM tenancy.quota_ledger WHERE resource = 'ledger_a';
+-- A transaction that writes a table too: its rows and its usage commit
+-- together, or neither does.
+CREATE TABLE q_plain (n int);
+BEGIN;
+INSERT INTO q_plain VALUES (1);
+SELECT tenancy.consume_quota('ledger_a', 4);
+COMMIT;
+BEGIN;
+INSERT INTO q_plain VALUES (2);
+SELECT tenancy.consume_quota('ledger_a', 100);
+ROLLBACK;
+SELECT array_agg(n) AS rows, (SELECT used FROM tenancy.check_quota('ledger_a')) AS used,
+       (SELECT sum(delta) FROM tenancy.quota_ledger WHERE resource = 'ledger_a') AS in_ledger
+  FROM q_plain;
+-- A transaction made read-only after consuming cannot write the ledger: its
+-- COMMIT fails and nothing is counted.
+BEGIN;
+SELECT tenancy.consume_quota('ledger_a', 1);
+SET TRANSACTION READ ONLY;
+COMMIT;
+SELECT used FROM tenancy.check_quota('ledger_a');
+DROP TABLE q_plain;
+
 -- Two-phase commit cannot carry reservations.
 SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
 BEGIN;

@@ -437,5 +437,15 @@ tenancy_guc_init(void)
 							0,
 							NULL, NULL, NULL);
 
+	/* Quota area: the commit of a transaction that only changed quota usage. */
+	DefineCustomBoolVariable("tenancy.synchronous_quota_commit",
+							 "Makes a transaction that only changed quota usage wait for its WAL flush at commit.",
+							 "Off: such a transaction commits as with synchronous_commit = off. On: as synchronous_commit says.",
+							 &tenancy_guc_synchronous_quota_commit,
+							 false,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("tenancy");
 }

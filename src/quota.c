@@ -9,10 +9,12 @@
  *
  *	- Committed usage is durable in tenancy.quota_ledger, an append-only
  *	  table of deltas (tenant, resource, period_start, relid, delta).  A
- *	  transaction appends its net deltas at PRE_COMMIT, in one INSERT, so
- *	  they commit or vanish with its data.  Appending never waits on a row
- *	  lock and never fails with a serialization error, whatever the
- *	  isolation level.
+ *	  transaction appends its net deltas at PRE_COMMIT, formed here and
+ *	  inserted with the table AM and index maintenance (no SPI), so they
+ *	  commit or vanish with its data.  Appending never waits on a row lock
+ *	  and never fails with a serialization error, whatever the isolation
+ *	  level.  A transaction that wrote nothing else commits without waiting
+ *	  for its WAL flush (tenancy.synchronous_quota_commit).
  *	- Shared memory caches, per (database, tenant, resource, period start),
  *	  the committed usage plus what transactions in flight have reserved
  *	  (positive deltas, checked against the limit) and are releasing
@@ -42,10 +44,16 @@
 
 #include <math.h>
 
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
+#include "catalog/pg_class.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -53,13 +61,16 @@
 #include "storage/lmgr.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
@@ -137,7 +148,6 @@ static List *purged_tenants = NIL;	/* of pg_uuid_t *, TopMemoryContext */
 
 static bool callbacks_registered = false;
 static bool bump_at_eoxact = false;
-static SPIPlanPtr ledger_insert_plan = NULL;
 
 /* Per-backend cache of limits, valid for one generation. */
 typedef struct LimitKey
@@ -202,6 +212,12 @@ quota_register_callbacks(void)
 	callbacks_registered = true;
 }
 
+/*
+ * Called by _PG_init before the other areas register theirs: transaction
+ * callbacks run newest first, so at PRE_COMMIT the ledger is written after
+ * every other callback of tenancy has written what it writes, and
+ * ledger_write() sees whether the transaction wrote anything else.
+ */
 void
 tenancy_quota_init(void)
 {
@@ -223,11 +239,23 @@ typedef struct AsOwner
 } AsOwner;
 
 static void
-as_owner_begin(AsOwner *s)
+owner_switch(AsOwner *s)
 {
 	GetUserIdAndSecContext(&s->save_user, &s->save_sec);
 	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
 						   s->save_sec | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+static void
+owner_restore(AsOwner *s)
+{
+	SetUserIdAndSecContext(s->save_user, s->save_sec);
+}
+
+static void
+as_owner_begin(AsOwner *s)
+{
+	owner_switch(s);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "tenancy: SPI_connect failed");
 }
@@ -236,7 +264,7 @@ static void
 as_owner_end(AsOwner *s)
 {
 	SPI_finish();
-	SetUserIdAndSecContext(s->save_user, s->save_sec);
+	owner_restore(s);
 }
 
 /*
@@ -920,79 +948,171 @@ tenant_purged(const pg_uuid_t *tenant)
 	return false;
 }
 
+/* Columns of tenancy.quota_ledger, in the order the install script makes. */
+#define LEDGER_NATTS				6
+#define Anum_ledger_tenant_id		1
+#define Anum_ledger_resource		2
+#define Anum_ledger_period_start	3
+#define Anum_ledger_relid			4
+#define Anum_ledger_delta			5
+#define Anum_ledger_recorded_at		6
+
 /*
- * PRE_COMMIT: append this transaction's net deltas to the ledger, in one
- * INSERT.  It runs inside the transaction, so the deltas commit with the
- * data they count, or not at all.
+ * The oid of tenancy.quota_ledger, looked up once per backend and forgotten
+ * when an invalidation names it (the extension was dropped, the table
+ * altered) or the relcache is reset.
+ */
+static Oid	ledger_relid = InvalidOid;
+static bool ledger_callback_registered = false;
+
+static void
+ledger_relcache_callback(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == ledger_relid)
+		ledger_relid = InvalidOid;
+}
+
+/*
+ * Open tenancy.quota_ledger for an insert.  The cached oid is trusted only
+ * if it is still cached once the lock is held (locking processes the
+ * invalidations that would have forgotten it); otherwise look it up again.
+ * Checks the columns are those ledger_write() forms.
+ */
+static Relation
+ledger_open(void)
+{
+	static const Oid types[LEDGER_NATTS] = {UUIDOID, TEXTOID, TIMESTAMPTZOID,
+	REGCLASSOID, INT8OID, TIMESTAMPTZOID};
+	Relation	rel = NULL;
+	TupleDesc	desc;
+
+	if (!ledger_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(ledger_relcache_callback, (Datum) 0);
+		ledger_callback_registered = true;
+	}
+	if (OidIsValid(ledger_relid))
+	{
+		rel = try_relation_open(ledger_relid, RowExclusiveLock);
+		if (rel != NULL && !OidIsValid(ledger_relid))
+		{
+			relation_close(rel, RowExclusiveLock);
+			rel = NULL;
+		}
+	}
+	if (rel == NULL)
+	{
+		Oid			relid = tenancy_relation_oid("quota_ledger", false);
+
+		rel = table_open(relid, RowExclusiveLock);
+		ledger_relid = relid;
+	}
+	desc = RelationGetDescr(rel);
+	if (rel->rd_rel->relkind != RELKIND_RELATION || desc->natts != LEDGER_NATTS)
+		elog(ERROR, "tenancy: tenancy.quota_ledger does not have the expected columns");
+	for (int i = 0; i < LEDGER_NATTS; i++)
+		if (TupleDescAttr(desc, i)->atttypid != types[i] ||
+			TupleDescAttr(desc, i)->attisdropped)
+			elog(ERROR, "tenancy: tenancy.quota_ledger does not have the expected columns");
+	return rel;
+}
+
+/* GUC tenancy.synchronous_quota_commit (defined in guc.c) */
+bool		tenancy_guc_synchronous_quota_commit = false;
+
+/*
+ * synchronous_commit as it was before ledger_write() turned it off for a
+ * transaction that changed nothing but quota usage; -1 when untouched.
+ * Restored at COMMIT or ABORT, before the GUC machinery ends the
+ * transaction's settings.
+ */
+static int	saved_synchronous_commit = -1;
+
+static void
+restore_synchronous_commit(void)
+{
+	if (saved_synchronous_commit >= 0)
+	{
+		synchronous_commit = saved_synchronous_commit;
+		saved_synchronous_commit = -1;
+	}
+}
+
+/*
+ * PRE_COMMIT: append this transaction's net deltas to the ledger.  It runs
+ * inside the transaction, so the deltas commit with the data they count,
+ * or not at all.  The rows are formed here and inserted with the table AM
+ * and the indexes maintained, as the extension's owner: the cost of an
+ * INSERT without parsing, planning or an executor (no triggers fire on the
+ * ledger).
+ *
+ * If the transaction had no XID before this (it wrote nothing else), its
+ * commit does not wait for the WAL flush, unless
+ * tenancy.synchronous_quota_commit is on: see doc/tenancy-quotas.md.
  */
 static void
 ledger_write(void)
 {
-	Datum	   *tenants;
-	Datum	   *resources;
-	Datum	   *starts;
-	Datum	   *relids;
-	Datum	   *deltas;
-	int			n = 0;
+	bool		only_quota;
 	AsOwner		s;
-	Datum		values[5];
-	int			rc;
+	Relation	rel;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;
+	MemoryContext oldcxt;
+	Datum		values[LEDGER_NATTS];
+	bool		nulls[LEDGER_NATTS];
+	int			n = 0;
 
-	if (npending == 0)
+	for (int i = 0; i < npending; i++)
+		if (pending[i].pos != pending[i].neg && !tenant_purged(&pending[i].entry->key.tenant))
+			n++;
+	if (n == 0)
 		return;
-	tenants = palloc(sizeof(Datum) * npending);
-	resources = palloc(sizeof(Datum) * npending);
-	starts = palloc(sizeof(Datum) * npending);
-	relids = palloc(sizeof(Datum) * npending);
-	deltas = palloc(sizeof(Datum) * npending);
+	PreventCommandIfReadOnly("INSERT");
+	only_quota = !TransactionIdIsValid(GetTopTransactionIdIfAny());
+
+	owner_switch(&s);
+	rel = ledger_open();
+	estate = CreateExecutorState();
+	oldcxt = MemoryContextSwitchTo(estate->es_query_cxt);
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
+	memset(nulls, false, sizeof(nulls));
+	values[Anum_ledger_recorded_at - 1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	for (int i = 0; i < npending; i++)
 	{
 		Pending    *p = &pending[i];
 
 		if (p->pos == p->neg || tenant_purged(&p->entry->key.tenant))
 			continue;
-		tenants[n] = UUIDPGetDatum(&p->entry->key.tenant);
-		resources[n] = CStringGetTextDatum(p->entry->key.resource);
-		starts[n] = TimestampTzGetDatum(p->entry->key.period_start);
-		relids[n] = ObjectIdGetDatum(p->relid);
-		deltas[n] = Int64GetDatum(p->pos - p->neg);
-		n++;
+		values[Anum_ledger_tenant_id - 1] = UUIDPGetDatum(&p->entry->key.tenant);
+		values[Anum_ledger_resource - 1] = CStringGetTextDatum(p->entry->key.resource);
+		values[Anum_ledger_period_start - 1] = TimestampTzGetDatum(p->entry->key.period_start);
+		values[Anum_ledger_relid - 1] = ObjectIdGetDatum(p->relid);
+		nulls[Anum_ledger_relid - 1] = !OidIsValid(p->relid);
+		values[Anum_ledger_delta - 1] = Int64GetDatum(p->pos - p->neg);
+		ExecStoreHeapTuple(heap_form_tuple(RelationGetDescr(rel), values, nulls), slot, true);
+		simple_table_tuple_insert(rel, slot);
+		if (rri->ri_NumIndices > 0)
+			ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+		ResetPerTupleExprContext(estate);
 	}
-	if (n == 0)
-		return;
-	values[0] = PointerGetDatum(construct_array(tenants, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-	values[1] = PointerGetDatum(construct_array(resources, n, TEXTOID, -1, false, TYPALIGN_INT));
-	values[2] = PointerGetDatum(construct_array(starts, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[3] = PointerGetDatum(construct_array(relids, n, OIDOID, 4, true, TYPALIGN_INT));
-	values[4] = PointerGetDatum(construct_array(deltas, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	ExecDropSingleTupleTableSlot(slot);
+	ExecCloseIndices(rri);
+	MemoryContextSwitchTo(oldcxt);
+	FreeExecutorState(estate);
+	table_close(rel, NoLock);
+	owner_restore(&s);
 
-	as_owner_begin(&s);
-	if (ledger_insert_plan == NULL)
+	if (only_quota && !tenancy_guc_synchronous_quota_commit &&
+		synchronous_commit > SYNCHRONOUS_COMMIT_OFF)
 	{
-		Oid			types[5] = {UUIDARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
-		OIDARRAYOID, INT8ARRAYOID};
-		SPIPlanPtr	plan;
-
-		plan = SPI_prepare("INSERT INTO tenancy.quota_ledger"
-						   " (tenant_id, resource, period_start, relid, delta)"
-						   " SELECT u.t, u.r, u.p,"
-						   "   CASE WHEN u.o OPERATOR(pg_catalog.=) 0::pg_catalog.oid THEN NULL"
-						   "        ELSE u.o::pg_catalog.regclass END, u.d"
-						   " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-						   "   pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
-						   "   AS u(t, r, p, o, d)",
-						   5, types);
-		if (plan == NULL)
-			elog(ERROR, "tenancy: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		ledger_insert_plan = plan;
+		saved_synchronous_commit = synchronous_commit;
+		synchronous_commit = SYNCHRONOUS_COMMIT_OFF;
 	}
-	PushActiveSnapshot(GetTransactionSnapshot());
-	rc = SPI_execute_plan(ledger_insert_plan, values, NULL, false, 0);
-	PopActiveSnapshot();
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "tenancy: writing the quota ledger failed: %s", SPI_result_code_string(rc));
-	as_owner_end(&s);
 }
 
 /* At commit of a purge: forget the shared counters of purged tenants. */
@@ -1044,6 +1164,7 @@ quota_xact_callback(XactEvent event, void *arg)
 			/* fall through */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+			restore_synchronous_commit();
 			if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
 				for (int i = 0; i < npending; i++)
 					pending_undo(&pending[i]);

@@ -40,6 +40,8 @@ _PG_init(void)
 
 	tenancy_guc_init();
 	tenancy_shmem_init();
+	/* first: callbacks run newest first, so the quota ledger is written last */
+	tenancy_quota_init();
 	tenancy_context_init();
 	tenancy_protect_init();
 	tenancy_apikey_init();

@@ -92,6 +92,7 @@ extern struct LWLock *tenancy_shmem_lock(int which);
 extern Size tenancy_quota_shmem_size(void);
 extern void tenancy_quota_shmem_startup(void);
 extern void tenancy_quota_init(void);
+extern bool tenancy_guc_synchronous_quota_commit;
 extern void tenancy_quota_resource_arg(FunctionCallInfo fcinfo, int argno,
 									   char *out);
 extern bool tenancy_quota_tenant_arg(FunctionCallInfo fcinfo, int argno,
