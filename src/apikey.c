@@ -846,6 +846,29 @@ key_touch(const KeyRow *row)
 }
 
 /*
+ * The row type of verify_api_key's result, built and blessed once per
+ * backend: the function's result type is fixed, and building it from
+ * pg_proc costs more than the verification of a cached key.
+ */
+static TupleDesc
+verify_result_desc(FunctionCallInfo fcinfo)
+{
+	static TupleDesc desc = NULL;
+	TupleDesc	tupdesc;
+	MemoryContext oldcxt;
+
+	if (desc != NULL)
+		return desc;
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "tenancy: return type must be a row type");
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	tupdesc = CreateTupleDescCopy(tupdesc);
+	MemoryContextSwitchTo(oldcxt);
+	desc = BlessTupleDesc(tupdesc);
+	return desc;
+}
+
+/*
  * SQL: tenancy.verify_api_key(key text) RETURNS TABLE(tenant_id uuid,
  * key_id uuid, permissions text[], scopes text[]).  No row for a bad key;
  * never raises for one.
@@ -858,19 +881,13 @@ tenancy_verify_api_key(PG_FUNCTION_ARGS)
 	if (SRF_IS_FIRSTCALL())
 	{
 		MemoryContext oldcxt;
-		TupleDesc	tupdesc;
 		KeyRow		row;
 		char		prefix[KEY_PREFIX_LEN + 1];
 		KeyVerdict	verdict;
 
 		require_shmem();
 		funcctx = SRF_FIRSTCALL_INIT();
-		oldcxt = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
-		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "tenancy: return type must be a row type");
-		funcctx->tuple_desc = BlessTupleDesc(tupdesc);
-		MemoryContextSwitchTo(oldcxt);
-
+		funcctx->tuple_desc = verify_result_desc(fcinfo);
 		funcctx->max_calls = 0;
 		if (!PG_ARGISNULL(0))
 		{
