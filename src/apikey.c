@@ -158,6 +158,7 @@ typedef struct KeyRow
 	pg_uuid_t	tenant;
 	char		prefix[KEY_PREFIX_LEN + 1];
 	uint8		hash[PG_SHA256_DIGEST_LENGTH];
+	bool		has_hash;		/* the stored hash is a SHA-256 */
 	int			permissions;
 	int			nscopes;
 	char	  **scopes;
@@ -181,7 +182,7 @@ typedef struct KeyCacheEntry
 typedef struct KeyIdEntry
 {
 	pg_uuid_t	id;				/* hash key */
-	uint8		hash[PG_SHA256_DIGEST_LENGTH];
+	KeyRow		row;
 } KeyIdEntry;
 
 #define KEY_CACHE_MAX 8192
@@ -425,7 +426,10 @@ key_from_tuple(HeapTuple tuple, TupleDesc desc, KeyRow *out)
 	{
 		hash = DatumGetByteaPP(d);
 		if (VARSIZE_ANY_EXHDR(hash) == PG_SHA256_DIGEST_LENGTH)
+		{
 			memcpy(out->hash, VARDATA_ANY(hash), PG_SHA256_DIGEST_LENGTH);
+			out->has_hash = true;
+		}
 	}
 	d = heap_getattr(tuple, Anum_keys_permissions, desc, &isnull);
 	if (!isnull)
@@ -597,11 +601,11 @@ key_lookup(const uint8 *hash, const pg_uuid_t *id, KeyRow *out)
 		return false;
 	if (hash != NULL)
 		entry = hash_search(key_cache_by_hash, hash, HASH_FIND, NULL);
-	else if ((identry = hash_search(key_cache_by_id, id, HASH_FIND, NULL)) != NULL)
-		entry = hash_search(key_cache_by_hash, identry->hash, HASH_FIND, NULL);
-	if (entry != NULL)
+	else
+		identry = hash_search(key_cache_by_id, id, HASH_FIND, NULL);
+	if (entry != NULL || identry != NULL)
 	{
-		key_row_copy(out, &entry->row, CurrentMemoryContext);
+		key_row_copy(out, entry != NULL ? &entry->row : &identry->row, CurrentMemoryContext);
 		return true;
 	}
 
@@ -615,14 +619,18 @@ key_lookup(const uint8 *hash, const pg_uuid_t *id, KeyRow *out)
 	/* An invalidation that arrived during the look-up: do not keep it. */
 	if (!key_cache_stale)
 	{
-		if (hash_get_num_entries(key_cache_by_hash) >= KEY_CACHE_MAX)
+		if (hash_get_num_entries(key_cache_by_id) >= KEY_CACHE_MAX)
 			key_cache_stale = true;
 		else
 		{
-			entry = hash_search(key_cache_by_hash, row.hash, HASH_ENTER, &found);
-			key_row_copy(&entry->row, &row, key_cache_cxt);
+			/* a row whose stored hash is no SHA-256 matches no key */
+			if (row.has_hash)
+			{
+				entry = hash_search(key_cache_by_hash, row.hash, HASH_ENTER, &found);
+				key_row_copy(&entry->row, &row, key_cache_cxt);
+			}
 			identry = hash_search(key_cache_by_id, &row.id, HASH_ENTER, &found);
-			memcpy(identry->hash, row.hash, PG_SHA256_DIGEST_LENGTH);
+			key_row_copy(&identry->row, &row, key_cache_cxt);
 		}
 	}
 	memcpy(out, &row, sizeof(KeyRow));
