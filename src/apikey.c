@@ -588,7 +588,8 @@ key_lookup(const uint8 *hash, const pg_uuid_t *id, KeyRow *out)
 	if (IsInParallelMode())
 	{
 		Oid			relid = tenancy_relation_oid("api_keys", true);
-		Oid			indexid = tenancy_relation_oid(hash ? "api_keys_key_hash_key" : "api_keys_pkey", true);
+		Oid			indexid = tenancy_relation_oid(hash != NULL ? "api_keys_key_hash_key" :
+												   "api_keys_pkey", true);
 
 		if (!OidIsValid(relid) || !OidIsValid(indexid))
 			return false;
@@ -605,7 +606,8 @@ key_lookup(const uint8 *hash, const pg_uuid_t *id, KeyRow *out)
 		identry = hash_search(key_cache_by_id, id, HASH_FIND, NULL);
 	if (entry != NULL || identry != NULL)
 	{
-		key_row_copy(out, entry != NULL ? &entry->row : &identry->row, CurrentMemoryContext);
+		key_row_copy(out, entry != NULL ? &entry->row : &identry->row,
+					 CurrentMemoryContext);
 		return true;
 	}
 
