@@ -2,7 +2,8 @@
 # deleted on the primary, or its tenant suspended, is refused by a standby
 # session that had it cached as soon as the change is replayed (the
 # relcache invalidation travels in the commit record; the trigger that
-# sends it runs on the primary only).
+# sends it runs on the primary only).  And a session verifying more keys
+# than its cache holds.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -66,6 +67,25 @@ my $failures = $bg->query_safe(q{SELECT string_agg(cause || '=' || failures, ','
 	FROM tenancy._auth_failures() WHERE failures > 0});
 is($failures, 'expired=1,revoked=2,tenant_inactive=1,unknown=2',
 	'each refusal is counted by its cause on the standby');
+$bg->quit;
+
+# More keys than one backend caches (8192): the cache starts afresh when
+# full, and every key is still judged right, before and after a revocation
+# by another session.
+$primary->safe_psql('postgres', q{
+	SELECT tenancy.create_tenant('many');
+	SELECT tenancy.set_tenant_quota('many', 'api_keys', NULL);
+	CREATE TABLE public.many_keys AS
+	SELECT g AS n, tenancy.create_api_key('many', 'k' || g) AS k FROM generate_series(1, 8300) g;
+});
+$bg = $primary->background_psql('postgres');
+my $count = q{SELECT count(*) FROM public.many_keys m, tenancy.verify_api_key(m.k) v};
+is($bg->query_safe($count), '8300', 'more keys than the cache holds all verify');
+is($bg->query_safe($count), '8300', 'and again');
+$primary->safe_psql('postgres', q{
+	SELECT tenancy.revoke_api_key(id) FROM tenancy.api_keys WHERE name IN ('k1', 'k8300');
+});
+is($bg->query_safe($count), '8298', 'two keys revoked by another session are refused');
 $bg->quit;
 
 done_testing();
