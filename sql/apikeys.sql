@@ -424,6 +424,38 @@ SELECT tenancy.logout();
 SET client_min_messages = warning;
 
 --
+-- The key cache (src/apikey.c) and changes of this session's own
+-- transaction: a row read in a transaction that changed it is not kept
+-- once that transaction or subtransaction rolls back.
+--
+SELECT tenancy.create_api_key('regress-acme', 'cached') AS k_cached \gset
+SELECT count(*) AS valid FROM tenancy.verify_api_key(:'k_cached');
+BEGIN;
+UPDATE tenancy.api_keys SET revoked_at = now() WHERE name = 'cached';
+SELECT count(*) AS valid_in_revoking_xact FROM tenancy.verify_api_key(:'k_cached');
+ROLLBACK;
+SELECT count(*) AS valid_after_rollback FROM tenancy.verify_api_key(:'k_cached');
+UPDATE tenancy.api_keys SET revoked_at = now() WHERE name = 'cached';
+SELECT count(*) AS valid_once_revoked FROM tenancy.verify_api_key(:'k_cached');
+BEGIN;
+UPDATE tenancy.api_keys SET revoked_at = NULL WHERE name = 'cached';
+SELECT count(*) AS valid_in_unrevoking_xact FROM tenancy.verify_api_key(:'k_cached');
+ROLLBACK;
+SELECT count(*) AS valid_after_rollback FROM tenancy.verify_api_key(:'k_cached');
+BEGIN;
+SAVEPOINT s;
+UPDATE tenancy.api_keys SET revoked_at = NULL WHERE name = 'cached';
+SELECT tenancy.authenticate(:'k_cached', true) IS NOT NULL AS bound_in_subxact;
+ROLLBACK TO SAVEPOINT s;
+SELECT count(*) AS valid_after_rollback_to FROM tenancy.verify_api_key(:'k_cached');
+SELECT regress_code(format('SELECT tenancy.authenticate(%L, true)', :'k_cached')) AS auth_after_rollback_to;
+COMMIT;
+-- The cache is emptied by changes of what a verification reads, not by
+-- the last_used_at bookkeeping (written once a minute per key and backend).
+SELECT tgname, tgenabled, pg_get_triggerdef(oid) AS definition
+  FROM pg_trigger WHERE tgrelid = 'tenancy.api_keys'::regclass AND NOT tgisinternal;
+
+--
 -- Deleting a tenant revokes its keys
 --
 SELECT tenancy.create_api_key('regress-other', 'doomed') AS k_doomed \gset

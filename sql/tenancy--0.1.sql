@@ -1410,6 +1410,18 @@ CREATE TABLE tenancy.api_keys (
 CREATE INDEX api_keys_tenant_idx ON tenancy.api_keys (tenant_id);
 SELECT pg_catalog.pg_extension_config_dump('tenancy.api_keys', '');
 
+-- Backends cache key rows (src/apikey.c); a change of what a verification
+-- reads sends a relcache invalidation at commit (tenancy._tenants_changed()
+-- invalidates the table it fires on), so every session sees it at its
+-- next transaction.  Not on INSERT (a new key makes no cached row wrong)
+-- nor for last_used_at (written every minute).  ALWAYS: also while a
+-- restore or a subscription applies changes as a replica.
+CREATE TRIGGER api_keys_changed
+    AFTER UPDATE OF id, tenant_id, key_hash, permissions, scopes, expires_at, revoked_at
+       OR DELETE OR TRUNCATE ON tenancy.api_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy._tenants_changed();
+ALTER TABLE tenancy.api_keys ENABLE ALWAYS TRIGGER api_keys_changed;
+
 -- C: the tenant whose keys this session may list (bound by an admin key,
 -- or allowed to act for any tenant), else NULL.  For the policy below.
 CREATE FUNCTION tenancy._keys_visible_tenant() RETURNS uuid

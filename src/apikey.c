@@ -6,13 +6,29 @@
  *		failure counters and the log redaction of key-shaped strings.
  *
  * A key is 'tk_' + 32 random base62 characters + 6 base62 characters of
- * the standard CRC-32 (zlib's polynomial 0xEDB88320, implemented here) of
+ * the standard CRC-32 (zlib's polynomial 0xEDB88320, core's pg_crc.h) of
  * the 35 characters before it, most significant digit first: 41 characters.
  * The format and the checksum are checked before any table look-up.  Only
  * the SHA-256 of a key is stored (core's cryptohash, through compat.h's
  * tenancy_sha256); it is looked up through the unique index
  * api_keys_key_hash_key with the table access API (no SPI) and compared
  * again with timingsafe_bcmp.
+ *
+ * The key cache: each backend keeps the api_keys rows it read (by key hash
+ * and by key id; at most KEY_CACHE_MAX, then it starts afresh), whatever
+ * their state, never an unknown key.  A statement trigger on
+ * tenancy.api_keys (api_keys_changed, for UPDATE OF the columns a
+ * verification reads, DELETE and TRUNCATE; not for last_used_at) sends a
+ * relcache invalidation at commit; every backend processes it at the start
+ * of its next transaction, and the relcache callback here then empties the
+ * cache.  So revocation, rotation and deletion still take effect at the
+ * next transaction of every session.  As catcache does, the cache is filled
+ * only from a snapshot taken after the locks are held (so after pending
+ * invalidations were processed), and not at all when an invalidation
+ * arrived during the look-up.  Expiry is judged at every look-up against
+ * the transaction's start, and the tenant's status through tenant.c's own
+ * cache of tenant rows.  A cached row spares the index scan; the SHA-256
+ * and the constant-time compare are done at every verification.
  *
  * The binding is the setting tenancy.session_binding ("<tenant>:<key>",
  * PGC_SUSET, guc.c), set by authenticate() with SET or SET LOCAL semantics.
@@ -55,6 +71,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
+#include "storage/lmgr.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
@@ -62,8 +79,10 @@
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/pg_crc.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -139,6 +158,7 @@ typedef struct KeyRow
 	pg_uuid_t	tenant;
 	char		prefix[KEY_PREFIX_LEN + 1];
 	uint8		hash[PG_SHA256_DIGEST_LENGTH];
+	bool		has_hash;		/* the stored hash is a SHA-256 */
 	int			permissions;
 	int			nscopes;
 	char	  **scopes;
@@ -148,6 +168,33 @@ typedef struct KeyRow
 	TimestampTz last_used_at;
 	bool		revoked;
 } KeyRow;
+
+/*
+ * The cache of key rows, by key hash and by key id (see the file header).
+ * Both tables and the scopes of their rows live in key_cache_cxt.
+ */
+typedef struct KeyCacheEntry
+{
+	uint8		hash[PG_SHA256_DIGEST_LENGTH];	/* hash key */
+	KeyRow		row;
+} KeyCacheEntry;
+
+typedef struct KeyIdEntry
+{
+	pg_uuid_t	id;				/* hash key */
+	KeyRow		row;
+} KeyIdEntry;
+
+#define KEY_CACHE_MAX 8192
+
+static MemoryContext key_cache_cxt = NULL;
+static HTAB *key_cache_by_hash = NULL;
+static HTAB *key_cache_by_id = NULL;
+static Oid	key_cache_relid = InvalidOid;
+static Oid	key_cache_pkey = InvalidOid;
+static Oid	key_cache_hashidx = InvalidOid;
+static bool key_cache_stale = true;
+static bool key_cache_callback_registered = false;
 
 /* The validated binding of this transaction (see tenancy_apikey_binding). */
 static MemoryContext binding_cxt = NULL;
@@ -218,21 +265,19 @@ is_base62(char c)
 	return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
 }
 
-/* The standard CRC-32 (ISO-HDLC, zlib's crc32()): reflected 0xEDB88320. */
+/*
+ * The standard CRC-32 (ISO-HDLC, zlib's crc32()): reflected 0xEDB88320,
+ * core's table-driven "traditional" CRC-32.
+ */
 static uint32
 crc32_standard(const char *data, size_t len)
 {
-	uint32		crc = 0xFFFFFFFF;
-	size_t		i;
-	int			k;
+	pg_crc32	crc;
 
-	for (i = 0; i < len; i++)
-	{
-		crc ^= (unsigned char) data[i];
-		for (k = 0; k < 8; k++)
-			crc = (crc >> 1) ^ (0xEDB88320 & (0U - (crc & 1)));
-	}
-	return crc ^ 0xFFFFFFFF;
+	INIT_TRADITIONAL_CRC32(crc);
+	COMP_TRADITIONAL_CRC32(crc, data, len);
+	FIN_TRADITIONAL_CRC32(crc);
+	return crc;
 }
 
 /* The 6 base62 digits of a 32-bit value, most significant first. */
@@ -381,7 +426,10 @@ key_from_tuple(HeapTuple tuple, TupleDesc desc, KeyRow *out)
 	{
 		hash = DatumGetByteaPP(d);
 		if (VARSIZE_ANY_EXHDR(hash) == PG_SHA256_DIGEST_LENGTH)
+		{
 			memcpy(out->hash, VARDATA_ANY(hash), PG_SHA256_DIGEST_LENGTH);
+			out->has_hash = true;
+		}
 	}
 	d = heap_getattr(tuple, Anum_keys_permissions, desc, &isnull);
 	if (!isnull)
@@ -402,16 +450,17 @@ key_from_tuple(HeapTuple tuple, TupleDesc desc, KeyRow *out)
 }
 
 /*
- * Scan one unique index of tenancy.api_keys for a single value, as the
- * active (or transaction) snapshot sees the table.  Bypasses privileges
- * and row level security: callers decide what to reveal.
+ * Scan one unique index of tenancy.api_keys for a single value.  With
+ * fresh, read with a snapshot taken after the table and index locks are
+ * held (so after the invalidations they bring were processed), for the
+ * cache; else as the active (or transaction) snapshot sees the table.
+ * Bypasses privileges and row level security: callers decide what to
+ * reveal.
  */
 static bool
-key_scan(const char *indexname, AttrNumber attno, RegProcedure eqproc,
-		 Datum value, KeyRow *out)
+key_scan(Oid relid, Oid indexid, AttrNumber attno, RegProcedure eqproc,
+		 Datum value, bool fresh, KeyRow *out)
 {
-	Oid			relid = tenancy_relation_oid("api_keys", true);
-	Oid			indexid = tenancy_relation_oid(indexname, true);
 	Relation	rel;
 	SysScanDesc scan;
 	ScanKeyData key;
@@ -419,12 +468,14 @@ key_scan(const char *indexname, AttrNumber attno, RegProcedure eqproc,
 	bool		found = false;
 	Snapshot	snapshot;
 
-	if (!OidIsValid(relid) || !OidIsValid(indexid))
-		return false;
 	rel = table_open(relid, AccessShareLock);
+	LockRelationOid(indexid, AccessShareLock);
 	ScanKeyEntryInitialize(&key, 0, attno, BTEqualStrategyNumber, InvalidOid,
 						   InvalidOid, eqproc, value);
-	snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
+	if (fresh)
+		snapshot = GetLatestSnapshot();
+	else
+		snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
 	scan = systable_beginscan(rel, indexid, true, snapshot, 1, &key);
 	tuple = systable_getnext(scan);
 	if (HeapTupleIsValid(tuple))
@@ -433,25 +484,171 @@ key_scan(const char *indexname, AttrNumber attno, RegProcedure eqproc,
 		found = true;
 	}
 	systable_endscan(scan);
+	UnlockRelationOid(indexid, AccessShareLock);
 	table_close(rel, AccessShareLock);
 	return found;
+}
+
+/* Copy a row with its scopes into cxt. */
+static void
+key_row_copy(KeyRow *dst, const KeyRow *src, MemoryContext cxt)
+{
+	int			i;
+
+	memcpy(dst, src, sizeof(KeyRow));
+	dst->scopes = MemoryContextAlloc(cxt, sizeof(char *) * Max(src->nscopes, 1));
+	for (i = 0; i < src->nscopes; i++)
+		dst->scopes[i] = MemoryContextStrdup(cxt, src->scopes[i]);
+}
+
+/* Relcache callback: a change of tenancy.api_keys empties the cache. */
+static void
+key_cache_callback(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == key_cache_relid)
+		key_cache_stale = true;
+}
+
+/*
+ * Make the cache ready for a look-up, emptying it if it went stale.
+ * Returns false when tenancy.api_keys does not exist in this database.
+ */
+static bool
+key_cache_prepare(void)
+{
+	HASHCTL		ctl;
+
+	if (!key_cache_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(key_cache_callback, (Datum) 0);
+		key_cache_callback_registered = true;
+	}
+	if (!key_cache_stale && key_cache_by_hash != NULL)
+		return true;
+
+	if (key_cache_cxt == NULL)
+		key_cache_cxt = AllocSetContextCreate(TopMemoryContext, "tenancy key cache",
+											  ALLOCSET_DEFAULT_SIZES);
+	/* the tables live in key_cache_cxt: resetting it drops them */
+	MemoryContextReset(key_cache_cxt);
+	key_cache_by_hash = NULL;
+	key_cache_by_id = NULL;
+	key_cache_stale = false;
+	key_cache_relid = tenancy_relation_oid("api_keys", true);
+	key_cache_pkey = tenancy_relation_oid("api_keys_pkey", true);
+	key_cache_hashidx = tenancy_relation_oid("api_keys_key_hash_key", true);
+	if (!OidIsValid(key_cache_relid) || !OidIsValid(key_cache_pkey) ||
+		!OidIsValid(key_cache_hashidx))
+	{
+		key_cache_stale = true; /* look again next time */
+		return false;
+	}
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = PG_SHA256_DIGEST_LENGTH;
+	ctl.entrysize = sizeof(KeyCacheEntry);
+	ctl.hcxt = key_cache_cxt;
+	key_cache_by_hash = hash_create("tenancy keys by hash", 256, &ctl,
+									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ctl.keysize = sizeof(pg_uuid_t);
+	ctl.entrysize = sizeof(KeyIdEntry);
+	key_cache_by_id = hash_create("tenancy keys by id", 256, &ctl,
+								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	return true;
+}
+
+/*
+ * Look a key row up by hash (hash != NULL) or by id, through the cache.
+ * The row returned is a copy in the current memory context.  A row is
+ * cached only when it was read with a snapshot taken after every
+ * invalidation received so far was processed and no invalidation arrived
+ * during the look-up (as catcache does); whatever its state: revoked,
+ * expired (judged at each look-up against the transaction's start) or
+ * valid.  Unknown keys are never cached.
+ */
+static bool
+key_lookup(const uint8 *hash, const pg_uuid_t *id, KeyRow *out)
+{
+	KeyRow		row;
+	KeyCacheEntry *entry = NULL;
+	KeyIdEntry *identry = NULL;
+	bytea	   *b = NULL;
+	Datum		value;
+	bool		found;
+
+	if (hash != NULL)
+	{
+		b = palloc(VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
+		SET_VARSIZE(b, VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
+		memcpy(VARDATA(b), hash, PG_SHA256_DIGEST_LENGTH);
+	}
+	value = hash != NULL ? PointerGetDatum(b) : UUIDPGetDatum(id);
+
+	/* No fresh snapshot can be taken in parallel mode: no cache there. */
+	if (IsInParallelMode())
+	{
+		Oid			relid = tenancy_relation_oid("api_keys", true);
+		Oid			indexid = tenancy_relation_oid(hash != NULL ? "api_keys_key_hash_key" :
+												   "api_keys_pkey", true);
+
+		if (!OidIsValid(relid) || !OidIsValid(indexid))
+			return false;
+		return hash != NULL ?
+			key_scan(relid, indexid, Anum_keys_key_hash, F_BYTEAEQ, value, false, out) :
+			key_scan(relid, indexid, Anum_keys_id, F_UUID_EQ, value, false, out);
+	}
+
+	if (!key_cache_prepare())
+		return false;
+	if (hash != NULL)
+		entry = hash_search(key_cache_by_hash, hash, HASH_FIND, NULL);
+	else
+		identry = hash_search(key_cache_by_id, id, HASH_FIND, NULL);
+	if (entry != NULL || identry != NULL)
+	{
+		key_row_copy(out, entry != NULL ? &entry->row : &identry->row,
+					 CurrentMemoryContext);
+		return true;
+	}
+
+	found = hash != NULL ?
+		key_scan(key_cache_relid, key_cache_hashidx, Anum_keys_key_hash, F_BYTEAEQ,
+				 value, true, &row) :
+		key_scan(key_cache_relid, key_cache_pkey, Anum_keys_id, F_UUID_EQ,
+				 value, true, &row);
+	if (!found)
+		return false;
+	/* An invalidation that arrived during the look-up: do not keep it. */
+	if (!key_cache_stale)
+	{
+		if (hash_get_num_entries(key_cache_by_id) >= KEY_CACHE_MAX)
+			key_cache_stale = true;
+		else
+		{
+			/* a row whose stored hash is no SHA-256 matches no key */
+			if (row.has_hash)
+			{
+				entry = hash_search(key_cache_by_hash, row.hash, HASH_ENTER, &found);
+				key_row_copy(&entry->row, &row, key_cache_cxt);
+			}
+			identry = hash_search(key_cache_by_id, &row.id, HASH_ENTER, &found);
+			key_row_copy(&identry->row, &row, key_cache_cxt);
+		}
+	}
+	memcpy(out, &row, sizeof(KeyRow));
+	return true;
 }
 
 static bool
 key_lookup_id(const pg_uuid_t *id, KeyRow *out)
 {
-	return key_scan("api_keys_pkey", Anum_keys_id, F_UUID_EQ, UUIDPGetDatum(id), out);
+	return key_lookup(NULL, id, out);
 }
 
 static bool
 key_lookup_hash(const uint8 *hash, KeyRow *out)
 {
-	bytea	   *b = palloc(VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
-
-	SET_VARSIZE(b, VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
-	memcpy(VARDATA(b), hash, PG_SHA256_DIGEST_LENGTH);
-	return key_scan("api_keys_key_hash_key", Anum_keys_key_hash, F_BYTEAEQ,
-					PointerGetDatum(b), out);
+	return key_lookup(hash, NULL, out);
 }
 
 /* Has the key expired, as of the start of this transaction? */
@@ -659,6 +856,29 @@ key_touch(const KeyRow *row)
 }
 
 /*
+ * The row type of verify_api_key's result, built and blessed once per
+ * backend: the function's result type is fixed, and building it from
+ * pg_proc costs more than the verification of a cached key.
+ */
+static TupleDesc
+verify_result_desc(FunctionCallInfo fcinfo)
+{
+	static TupleDesc desc = NULL;
+	TupleDesc	tupdesc;
+	MemoryContext oldcxt;
+
+	if (desc != NULL)
+		return desc;
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "tenancy: return type must be a row type");
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	tupdesc = CreateTupleDescCopy(tupdesc);
+	MemoryContextSwitchTo(oldcxt);
+	desc = BlessTupleDesc(tupdesc);
+	return desc;
+}
+
+/*
  * SQL: tenancy.verify_api_key(key text) RETURNS TABLE(tenant_id uuid,
  * key_id uuid, permissions text[], scopes text[]).  No row for a bad key;
  * never raises for one.
@@ -671,19 +891,13 @@ tenancy_verify_api_key(PG_FUNCTION_ARGS)
 	if (SRF_IS_FIRSTCALL())
 	{
 		MemoryContext oldcxt;
-		TupleDesc	tupdesc;
 		KeyRow		row;
 		char		prefix[KEY_PREFIX_LEN + 1];
 		KeyVerdict	verdict;
 
 		require_shmem();
 		funcctx = SRF_FIRSTCALL_INIT();
-		oldcxt = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
-		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "tenancy: return type must be a row type");
-		funcctx->tuple_desc = BlessTupleDesc(tupdesc);
-		MemoryContextSwitchTo(oldcxt);
-
+		funcctx->tuple_desc = verify_result_desc(fcinfo);
 		funcctx->max_calls = 0;
 		if (!PG_ARGISNULL(0))
 		{

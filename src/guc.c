@@ -17,8 +17,6 @@
  */
 #include "postgres.h"
 
-#include <ctype.h>
-
 #include "access/parallel.h"
 #include "access/xact.h"
 #include "miscadmin.h"
@@ -37,6 +35,18 @@ double		tenancy_guc_soft_limit_ratio = 0.8;
 char	   *tenancy_guc_purge_after = NULL;
 char	   *tenancy_guc_audit_retention = NULL;
 int			tenancy_guc_usage_flush_delay = 1000;
+
+/*
+ * 1 + the value of each hexadecimal digit, 0 for any other byte: the uuid
+ * parser runs in every statement of a bound session, and isxdigit() and
+ * tolower() are calls.
+ */
+static const uint8 hex_digit[256] = {
+	['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5,
+	['5'] = 6, ['6'] = 7, ['7'] = 8, ['8'] = 9, ['9'] = 10,
+	['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
+	['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+};
 
 /*
  * Parse a uuid in any of the forms uuid_in accepts: 32 hex digits, an
@@ -64,11 +74,11 @@ tenancy_uuid_parse(const char *str, pg_uuid_t *out)
 
 		if (*p == '-' && digits > 0 && digits % 4 == 0 && p[-1] != '-')
 			p++;
-		if (!isxdigit((unsigned char) p[0]) || !isxdigit((unsigned char) p[1]))
+		hi = hex_digit[(unsigned char) p[0]];
+		lo = hi == 0 ? 0 : hex_digit[(unsigned char) p[1]];
+		if (lo == 0)
 			return false;
-		hi = isdigit((unsigned char) p[0]) ? p[0] - '0' : (tolower((unsigned char) p[0]) - 'a' + 10);
-		lo = isdigit((unsigned char) p[1]) ? p[1] - '0' : (tolower((unsigned char) p[1]) - 'a' + 10);
-		out->data[digits / 2] = (unsigned char) ((hi << 4) | lo);
+		out->data[digits / 2] = (unsigned char) (((hi - 1) << 4) | (lo - 1));
 		digits += 2;
 		p += 2;
 	}
