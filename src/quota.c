@@ -1021,24 +1021,6 @@ ledger_open(void)
 bool		tenancy_guc_synchronous_quota_commit = false;
 
 /*
- * synchronous_commit as it was before ledger_write() turned it off for a
- * transaction that changed nothing but quota usage; -1 when untouched.
- * Restored at COMMIT or ABORT, before the GUC machinery ends the
- * transaction's settings.
- */
-static int	saved_synchronous_commit = -1;
-
-static void
-restore_synchronous_commit(void)
-{
-	if (saved_synchronous_commit >= 0)
-	{
-		synchronous_commit = saved_synchronous_commit;
-		saved_synchronous_commit = -1;
-	}
-}
-
-/*
  * PRE_COMMIT: append this transaction's net deltas to the ledger.  It runs
  * inside the transaction, so the deltas commit with the data they count,
  * or not at all.  The rows are formed here and inserted with the table AM
@@ -1046,14 +1028,14 @@ restore_synchronous_commit(void)
  * INSERT without parsing, planning or an executor (no triggers fire on the
  * ledger).
  *
- * If the transaction had no XID before this (it wrote nothing else), its
- * commit does not wait for the WAL flush, unless
- * tenancy.synchronous_quota_commit is on: see doc/tenancy-quotas.md.
+ * If the transaction had no XID before tenancy's bookkeeping (it wrote
+ * nothing else), its commit does not wait for the WAL flush, unless
+ * tenancy.synchronous_quota_commit is on: see commit.c and
+ * doc/tenancy-quotas.md.
  */
 static void
 ledger_write(void)
 {
-	bool		only_quota;
 	AsOwner		s;
 	Relation	rel;
 	EState	   *estate;
@@ -1070,7 +1052,7 @@ ledger_write(void)
 	if (n == 0)
 		return;
 	PreventCommandIfReadOnly("INSERT");
-	only_quota = !TransactionIdIsValid(GetTopTransactionIdIfAny());
+	tenancy_commit_write_begin();
 
 	owner_switch(&s);
 	rel = ledger_open();
@@ -1107,12 +1089,7 @@ ledger_write(void)
 	table_close(rel, NoLock);
 	owner_restore(&s);
 
-	if (only_quota && !tenancy_guc_synchronous_quota_commit &&
-		synchronous_commit > SYNCHRONOUS_COMMIT_OFF)
-	{
-		saved_synchronous_commit = synchronous_commit;
-		synchronous_commit = SYNCHRONOUS_COMMIT_OFF;
-	}
+	tenancy_commit_write_end(!tenancy_guc_synchronous_quota_commit);
 }
 
 /* At commit of a purge: forget the shared counters of purged tenants. */
@@ -1164,7 +1141,6 @@ quota_xact_callback(XactEvent event, void *arg)
 			/* fall through */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-			restore_synchronous_commit();
 			if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
 				for (int i = 0; i < npending; i++)
 					pending_undo(&pending[i]);

@@ -40,7 +40,8 @@ _PG_init(void)
 
 	tenancy_guc_init();
 	tenancy_shmem_init();
-	/* first: callbacks run newest first, so the quota ledger is written last */
+	/* callbacks run newest first: the quota ledger is written last */
+	tenancy_commit_init();
 	tenancy_quota_init();
 	tenancy_context_init();
 	tenancy_protect_init();

@@ -150,6 +150,11 @@ extern const TenancyKeyBinding *tenancy_apikey_binding(void);
 /* keyperm.c: what a bound session may do with protected tables */
 extern void tenancy_keyperm_init(void);
 
+/* commit.c: commits that only wrote tenancy's bookkeeping */
+extern void tenancy_commit_init(void);
+extern void tenancy_commit_write_begin(void);
+extern void tenancy_commit_write_end(bool may_be_lost);
+
 /* usage.c: usage metering */
 #define TENANCY_RESOURCE_MAXLEN 255	/* bytes of a resource name */
 extern Size tenancy_usage_shmem_size(void);

@@ -862,7 +862,12 @@ usage_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_PRE_COMMIT:
 			if (usage_flush_due())
+			{
+				/* What waited may be lost in a crash anyway: see commit.c. */
+				tenancy_commit_write_begin();
 				(void) usage_flush();
+				tenancy_commit_write_end(tenancy_guc_usage_flush_delay > 0);
+			}
 			if (pending != NULL)
 				carried_reserve(hash_get_num_entries(pending));
 			break;

@@ -133,6 +133,36 @@ $bg->query_safe('RESET tenancy.synchronous_quota_commit');
 is(commit_waits(q{SELECT tenancy.release_quota('jobs', 1);}), 0, 'and not after RESET');
 is(used(), '3', 'both counted');
 
+# consume_quota alone: its usage meter waits in the session (usage.c), so
+# the ledger row is all it writes: no wait.
+is(commit_waits(q{SELECT tenancy.consume_quota('jobs', 1);}), 0,
+	'consume_quota alone: the commit does not wait for the flush');
+is(used(), '4', 'counted');
+
+# A commit that writes only the usage that waited in the session (it could
+# have been lost in a crash anyway): no wait.
+$bg->query_safe("SET tenancy.usage_flush_delay = '10ms'");
+$bg->query_safe("SELECT tenancy.record_usage('probe', 1)");
+usleep(50_000);
+is(commit_waits('SELECT 1;'), 0,
+	'a commit that only writes the usage that waited: no wait');
+is($node->safe_psql('postgres',
+	"SELECT coalesce(sum(amount), 0) FROM tenancy.usage_events WHERE resource = 'probe'"),
+	'1', 'and the usage is written');
+
+# With tenancy.usage_flush_delay = 0 usage is written by the transaction
+# that records it and must survive a crash: as synchronous_commit says.
+$bg->query_safe('SET tenancy.usage_flush_delay = 0');
+is(commit_waits(q{SELECT tenancy.record_usage('probe', 1);}), 1,
+	'with tenancy.usage_flush_delay = 0, recording usage waits');
+is(commit_waits(q{SELECT tenancy.consume_quota('jobs', 1);}), 1,
+	'and so does consume_quota, which records its usage');
+is($node->safe_psql('postgres',
+	"SELECT coalesce(sum(amount), 0) FROM tenancy.usage_events WHERE resource = 'probe'"),
+	'2', 'written');
+is(used(), '5', 'counted');
+$bg->query_safe('RESET tenancy.usage_flush_delay');
+
 $bg->quit;
 
 # The ledger's relation is looked up again when it changes under a session
@@ -151,7 +181,7 @@ SELECT set_config('app.tenant_id', tenancy.tenant_id('again')::text, false) IS N
 SELECT tenancy.consume_quota('jobs', 3);
 SELECT resource || ' ' || delta || ' ' || (relid IS NULL) FROM tenancy.quota_ledger;});
 is($err, '', 'no error after VACUUM FULL and re-creating the extension');
-is($out, "2\n1\n7\nt\nt\n3\njobs 3 true",
+is($out, "4\n3\n7\nt\nt\n3\njobs 3 true",
 	'the ledger rows land in the table that exists now');
 
 $node->stop;

@@ -1,0 +1,103 @@
+/*-------------------------------------------------------------------------
+ *
+ * commit.c
+ *		How a commit that only wrote tenancy's own bookkeeping waits for
+ *		its WAL flush.
+ *
+ * At PRE_COMMIT, quota.c appends the quota ledger and usage.c may write
+ * the usage that waited in the session.  When the transaction had no XID
+ * before the first of these writes, they are all it changed.  If every one
+ * of them is of a kind that may be lost in a crash (usage waiting in
+ * memory with tenancy.usage_flush_delay > 0; quota usage with
+ * tenancy.synchronous_quota_commit off), the commit does not wait for its
+ * WAL flush, as with synchronous_commit = off: a crash of the server or
+ * the OS may forget such a commit made in the last few wal_writer_delay,
+ * never a part of one.  Otherwise it waits as synchronous_commit says.
+ *
+ * synchronous_commit is read by RecordTransactionCommit() and
+ * SyncRepWaitForLSN() after the PRE_COMMIT callbacks; the value set here is
+ * put back at COMMIT or ABORT, before the transaction's settings end.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/transam.h"
+#include "access/xact.h"
+
+#include "tenancy.h"
+
+typedef enum CommitWrites
+{
+	COMMIT_NO_WRITES,			/* nothing written yet at this commit */
+	COMMIT_MAY_BE_LOST,			/* only writes that may be lost so far */
+	COMMIT_DURABLE				/* something must survive a crash */
+} CommitWrites;
+
+static CommitWrites commit_writes = COMMIT_NO_WRITES;
+
+/* synchronous_commit before it was turned off; -1 when untouched. */
+static int	saved_synchronous_commit = -1;
+
+static void
+restore_synchronous_commit(void)
+{
+	if (saved_synchronous_commit >= 0)
+	{
+		synchronous_commit = saved_synchronous_commit;
+		saved_synchronous_commit = -1;
+	}
+}
+
+/* Call at PRE_COMMIT before writing bookkeeping. */
+void
+tenancy_commit_write_begin(void)
+{
+	if (commit_writes == COMMIT_NO_WRITES)
+		commit_writes = TransactionIdIsValid(GetTopTransactionIdIfAny()) ?
+			COMMIT_DURABLE : COMMIT_MAY_BE_LOST;
+}
+
+/*
+ * Call after the write: may_be_lost says whether what was written may be
+ * forgotten by a crash.
+ */
+void
+tenancy_commit_write_end(bool may_be_lost)
+{
+	if (!may_be_lost)
+		commit_writes = COMMIT_DURABLE;
+	if (commit_writes == COMMIT_DURABLE)
+		restore_synchronous_commit();
+	else if (saved_synchronous_commit < 0 &&
+			 synchronous_commit > SYNCHRONOUS_COMMIT_OFF)
+	{
+		saved_synchronous_commit = synchronous_commit;
+		synchronous_commit = SYNCHRONOUS_COMMIT_OFF;
+	}
+}
+
+static void
+commit_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			restore_synchronous_commit();
+			commit_writes = COMMIT_NO_WRITES;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Called from _PG_init. */
+void
+tenancy_commit_init(void)
+{
+	RegisterXactCallback(commit_xact_callback, NULL);
+}
