@@ -1608,10 +1608,10 @@ AS 'MODULE_PATHNAME', 'tenancy_auth_failures';
 -- 6. Usage metering and rollups
 --------------------------------------------------------------------------
 
--- Raw usage events: one row per (tenant, resource) per committed
--- transaction that recorded usage (src/usage.c sums in memory and writes
--- once at commit), plus the carried denial records.  rollup_usage() folds
--- them into tenancy.usage_rollups and deletes them.
+-- Raw usage events: the usage recorded by committed transactions and the
+-- denial records, summed by tenant, resource and hour in shared memory and
+-- written about once per tenancy.usage_flush_delay (src/usage.c).
+-- rollup_usage() folds them into tenancy.usage_rollups and deletes them.
 CREATE TABLE tenancy.usage_events (
     tenant_id   uuid NOT NULL,
     resource    text NOT NULL,
@@ -1654,7 +1654,8 @@ RETURNS TABLE (period_start timestamptz, resource text, amount bigint)
 LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 100
 AS 'MODULE_PATHNAME', 'tenancy_usage';
 
--- Write this backend's pending and carried records now.  Internal.
+-- Write every waiting usage sum of this database (src/usage.c) and this
+-- transaction's records now.  Internal: rollup_usage() calls it.
 CREATE FUNCTION tenancy._usage_flush() RETURNS void
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'tenancy_usage_flush';

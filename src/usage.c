@@ -13,43 +13,44 @@
  * entries; a committed subtransaction's entries are merged into its
  * parent's level).
  *
- * When the transaction commits, its sums are "carried": kept in a
- * backend-local list, summed by tenant, resource and UTC hour, and written
- * to tenancy.usage_events later, in one INSERT of a few array parameters,
- * by the PRE_COMMIT of a later read-write transaction of this backend once
- * the oldest carried record is tenancy.usage_flush_delay old (or many are
- * carried), by usage() or rollup_usage() called at top level, or, at the
- * latest, in a short transaction of their own when the backend exits.  So
- * recording usage does not turn a read-only request into a writing one:
- * a busy session writes its usage about once per delay.  With
- * tenancy.usage_flush_delay = 0 the sums are written at the PRE_COMMIT of
- * the transaction that recorded them, with its other changes.
- *
+ * When the transaction commits, its sums are not written by it: they are
+ * added to "waiting" sums in shared memory, keyed by database, tenant,
+ * resource and UTC hour (with the time of their first record).  So
+ * recording usage never turns a read-only request into a writing one.
  * Records that must survive the rollback of their transaction (quota and
- * rate-limit denials) are carried at once, when recorded.  A carried record
- * is forgotten only when the transaction that wrote it commits; if it
- * aborts, the record is carried on.  Denials are also added at once to
- * counters in shared memory (by resource), which tenancy.stats reads: those
- * never miss a denial, even if the backend is killed before writing.
+ * rate-limit denials) are added there at once, when recorded; they are
+ * also added to counters by resource, which tenancy.stats reads.
  *
- * Every carried record not yet written is also published in a second
- * shared hash, "unwritten", keyed by database, tenant, resource and hour,
- * that usage() adds to what it reads from the tables: usage recorded by
- * another session is visible as soon as its transaction committed.  A
- * record leaves that hash when a transaction writes it (and comes back if
- * that transaction aborts): a reader in another session may miss it for
- * the moment the writing transaction takes to commit, never count it twice.
- * A crash of the server loses what was carried and not yet written (at
- * most about tenancy.usage_flush_delay of usage of each busy session);
- * a clean shutdown or the end of a session writes it.
+ * Any backend of the database may write the waiting sums: it takes them
+ * out of shared memory (remembering them, to put them back if its
+ * transaction aborts) and inserts them into tenancy.usage_events in one
+ * INSERT of a few array parameters.  That happens
+ *	- at the PRE_COMMIT of a read-write transaction of a backend that added
+ *	  sums tenancy.usage_flush_delay ago or more (so a busy backend writes
+ *	  about once per delay, and takes every backend's sums with it);
+ *	- in rollup_usage() (through tenancy._usage_flush()), so it folds
+ *	  everything recorded, whichever session recorded it;
+ *	- at the exit of a backend that added sums (disconnect, termination,
+ *	  fast or smart shutdown), in a short transaction of its own;
+ *	- with tenancy.usage_flush_delay = 0, at the PRE_COMMIT of the
+ *	  recording transaction itself, with its own sums (not through shared
+ *	  memory), so that nothing is ever lost.
+ * usage() adds the waiting sums (and the current transaction's own) to
+ * what it reads from the tables, so usage is visible to every session as
+ * soon as the recording transaction committed.  While a transaction writes
+ * sums, they are neither waiting nor visibly written: a reader in another
+ * session may miss them for that moment, never counts them twice.  A crash
+ * of the server loses the waiting sums (at most about
+ * tenancy.usage_flush_delay of usage, plus what idle sessions recorded
+ * since the last write).
  *
- * Shared memory: one struct with an LWLock (its own tranche) and the two
- * hashes (fixed-size, zero-padded keys).  Locking protocol: look-up under
- * LW_SHARED, then the entry's spinlock to add; insertion under LW_EXCLUSIVE
- * with a re-look-up (HASH_ENTER_NULL; a full denial table counts into
- * "dropped", a full unwritten table makes this backend write at its next
- * read-write commit); subtraction and removal under LW_EXCLUSIVE.  Readers
- * take LW_SHARED and each entry's spinlock.
+ * Shared memory: one struct with an LWLock (its own tranche) and two
+ * hashes (fixed-size, zero-padded keys).  Adding: look-up under LW_SHARED,
+ * then the entry's spinlock; insertion under LW_EXCLUSIVE with a
+ * re-look-up (HASH_ENTER_NULL; a full denial-counter table counts into
+ * "dropped"; when the waiting table is nearly full, a commit writes its
+ * own sums itself).  Taking sums out and removing entries: LW_EXCLUSIVE.
+ * Readers take LW_SHARED and each entry's spinlock.
  *
  * The audit log guard: a trigger refuses UPDATE, DELETE and TRUNCATE of
  * tenancy.audit_log unless tenancy._audit_purge() (the retention purge of
@@ -101,14 +102,11 @@ PG_FUNCTION_INFO_V1(tenancy_audit_purge);
 /* Most shared counters (distinct denial resources) per server. */
 #define USAGE_MAX_COUNTERS 1024
 
-/* Most carried records a backend keeps; more are counted, not written. */
-#define USAGE_MAX_CARRIED 10000
+/* Most waiting (database, tenant, resource, hour) sums per server. */
+#define USAGE_MAX_WAITING 16384
 
-/* Carried records from which a backend writes without waiting. */
-#define USAGE_FLUSH_RECORDS 1000
-
-/* Most unwritten (tenant, resource, hour) sums per server. */
-#define USAGE_MAX_UNWRITTEN 8192
+/* Free entries a commit wants left before it adds its sums there. */
+#define USAGE_WAITING_MARGIN 1024
 
 /* ---- transactional records ---- */
 
@@ -129,37 +127,10 @@ static MemoryContext usage_context = NULL;
 static HTAB *pending = NULL;	/* NULL when empty */
 static int	pending_max_level = 0;	/* deepest level with entries */
 
-/* ---- carried (rollback-surviving) records ---- */
-
-typedef struct CarriedRecord
-{
-	pg_uuid_t	tenant;
-	char		resource[TENANCY_RESOURCE_MAXLEN + 1];
-	TimestampTz at;				/* first occurrence */
-	int64		hour;			/* at / USECS_PER_HOUR, for summing */
-	int64		amount;
-	int64		published;		/* part of amount in the unwritten hash */
-	bool		inflight;		/* written by the current transaction */
-} CarriedRecord;
-
-static CarriedRecord *carried = NULL;
-static int	ncarried = 0;
-static int	carried_alloc = 0;
-static int	carried_unwritten = 0;	/* records not in flight */
-static TimestampTz carried_since = 0;	/* when the oldest of them came */
-static bool flush_urgent = false;	/* some could not be published */
-static bool exit_callback_registered = false;
-static bool carried_overflow_logged = false;
-
 /* The saved INSERT of usage_events. */
 static SPIPlanPtr insert_plan = NULL;
 
 /* ---- shared memory ---- */
-
-typedef struct UsageCounterKey
-{
-	char		resource[TENANCY_RESOURCE_MAXLEN + 1];
-} UsageCounterKey;
 
 /* A shared sum: the part of every shared hash entry after its key. */
 typedef struct SharedSum
@@ -168,25 +139,31 @@ typedef struct SharedSum
 	int64		amount;
 } SharedSum;
 
+typedef struct UsageCounterKey
+{
+	char		resource[TENANCY_RESOURCE_MAXLEN + 1];
+} UsageCounterKey;
+
 typedef struct UsageCounter
 {
 	UsageCounterKey key;
 	SharedSum	sum;
 } UsageCounter;
 
-typedef struct UnwrittenKey
+typedef struct WaitingKey
 {
 	Oid			dbid;
 	pg_uuid_t	tenant;
 	char		resource[TENANCY_RESOURCE_MAXLEN + 1];
-	int64		hour;
-} UnwrittenKey;
+	int64		hour;			/* UTC hours since the PostgreSQL epoch */
+} WaitingKey;
 
-typedef struct UnwrittenSum
+typedef struct WaitingSum
 {
-	UnwrittenKey key;
+	WaitingKey	key;
 	SharedSum	sum;
-} UnwrittenSum;
+	TimestampTz first_at;		/* first record (under the LWLock) */
+} WaitingSum;
 
 typedef struct UsageShared
 {
@@ -197,13 +174,31 @@ typedef struct UsageShared
 
 static UsageShared *usage_shared = NULL;
 static HTAB *usage_counters = NULL;
-static HTAB *usage_unwritten = NULL;
+static HTAB *usage_waiting = NULL;
+
+/* ---- this backend's part in the waiting sums ---- */
+
+/* When this backend first added sums since it last wrote; 0: none. */
+static TimestampTz added_since = 0;
+static bool exit_callback_registered = false;
+static bool lost_logged = false;
+
+/*
+ * Sums the current transaction took out of shared memory to write (put
+ * back if it aborts); the first `nwritten` of them are written.
+ */
+static WaitingSum *taken = NULL;
+static int	ntaken = 0;
+static int	nwritten = 0;
+static int	taken_alloc = 0;
 
 /* ---- audit guard ---- */
 
 static bool audit_purge_allowed = false;
 
-static bool usage_flush(void);
+static void ensure_context(void);
+static bool usage_flush(bool take_waiting);
+static void usage_exit_callback(int code, Datum arg);
 
 /* ------------------------------------------------------------------------
  * Shared memory
@@ -215,7 +210,7 @@ tenancy_usage_shmem_size(void)
 {
 	return add_size(add_size(MAXALIGN(sizeof(UsageShared)),
 							 hash_estimate_size(USAGE_MAX_COUNTERS, sizeof(UsageCounter))),
-					hash_estimate_size(USAGE_MAX_UNWRITTEN, sizeof(UnwrittenSum)));
+					hash_estimate_size(USAGE_MAX_WAITING, sizeof(WaitingSum)));
 }
 
 /* Called under AddinShmemInitLock by shmem.c. */
@@ -242,18 +237,18 @@ tenancy_usage_shmem_startup(void)
 								   &info, HASH_ELEM | HASH_BLOBS);
 
 	memset(&info, 0, sizeof(info));
-	info.keysize = sizeof(UnwrittenKey);
-	info.entrysize = sizeof(UnwrittenSum);
-	usage_unwritten = ShmemInitHash("tenancy unwritten usage",
-									USAGE_MAX_UNWRITTEN, USAGE_MAX_UNWRITTEN,
-									&info, HASH_ELEM | HASH_BLOBS);
+	info.keysize = sizeof(WaitingKey);
+	info.entrysize = sizeof(WaitingSum);
+	usage_waiting = ShmemInitHash("tenancy waiting usage",
+								  USAGE_MAX_WAITING, USAGE_MAX_WAITING,
+								  &info, HASH_ELEM | HASH_BLOBS);
 }
 
 /* Raise 55000 unless this backend is attached to tenancy's shared memory. */
 static void
 require_shmem(void)
 {
-	if (usage_shared == NULL || usage_counters == NULL || usage_unwritten == NULL)
+	if (usage_shared == NULL || usage_counters == NULL || usage_waiting == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("tenancy: shared memory is not attached"),
@@ -261,12 +256,15 @@ require_shmem(void)
 }
 
 /*
- * Add amount to the sum of key in htab, an entry being created if need be.
- * sum_offset is where the SharedSum of an entry lies.  False when the hash
- * is full.  Never raises: callers run in commit and abort callbacks.
+ * Add amount to the sum of key in htab, an entry being created if need be
+ * (its bytes after the SharedSum zeroed).  sum_offset is where the
+ * SharedSum of an entry lies.  Returns the entry, or NULL when the hash is
+ * full; with the LWLock still held (shared or exclusive) when not NULL.
+ * Never raises: callers run in commit and abort callbacks.
  */
-static bool
-shared_sum_add(HTAB *htab, const void *key, Size sum_offset, int64 amount)
+static void *
+shared_sum_add(HTAB *htab, const void *key, Size sum_offset, Size entrysize,
+			   int64 amount)
 {
 	char	   *entry;
 	SharedSum  *sum;
@@ -283,21 +281,20 @@ shared_sum_add(HTAB *htab, const void *key, Size sum_offset, int64 amount)
 		if (entry == NULL)
 		{
 			LWLockRelease(&usage_shared->lock);
-			return false;
+			return NULL;
 		}
 		if (!found)
 		{
 			sum = (SharedSum *) (entry + sum_offset);
+			memset(sum, 0, entrysize - sum_offset);
 			SpinLockInit(&sum->mutex);
-			sum->amount = 0;
 		}
 	}
 	sum = (SharedSum *) (entry + sum_offset);
 	SpinLockAcquire(&sum->mutex);
 	sum->amount += amount;
 	SpinLockRelease(&sum->mutex);
-	LWLockRelease(&usage_shared->lock);
-	return true;
+	return entry;
 }
 
 /* Add amount to the shared counter of resource. */
@@ -310,64 +307,137 @@ counter_add(const char *resource, int64 amount)
 		return;
 	memset(&key, 0, sizeof(key));
 	strlcpy(key.resource, resource, sizeof(key.resource));
-	if (!shared_sum_add(usage_counters, &key, offsetof(UsageCounter, sum), amount))
+	if (shared_sum_add(usage_counters, &key, offsetof(UsageCounter, sum),
+					   sizeof(UsageCounter), amount) == NULL)
 		pg_atomic_fetch_add_u64(&usage_shared->dropped, 1);
-}
-
-static void
-unwritten_key(const CarriedRecord *r, UnwrittenKey *key)
-{
-	memset(key, 0, sizeof(*key));
-	key->dbid = MyDatabaseId;
-	memcpy(&key->tenant, &r->tenant, sizeof(pg_uuid_t));
-	strlcpy(key->resource, r->resource, sizeof(key->resource));
-	key->hour = r->hour;
+	else
+		LWLockRelease(&usage_shared->lock);
 }
 
 /*
- * Publish amount more of carried record r in the unwritten hash.  When the
- * hash is full the record stays unpublished: usage() of other sessions
- * cannot see it until it is written, which this backend then does at its
- * next read-write commit.
+ * Add amount to the waiting sum of (this database, tenant, resource, the
+ * hour of at).  False when the table is full (the amount is then lost:
+ * commits avoid it, see waiting_has_room()).  Never raises.
  */
-static void
-unwritten_publish(CarriedRecord *r, int64 amount)
+static bool
+waiting_add(const pg_uuid_t *tenant, const char *resource, TimestampTz at, int64 amount)
 {
-	UnwrittenKey key;
+	WaitingKey	key;
+	WaitingSum *entry;
 
-	if (usage_shared == NULL || usage_unwritten == NULL)
-		return;
-	unwritten_key(r, &key);
-	if (shared_sum_add(usage_unwritten, &key, offsetof(UnwrittenSum, sum), amount))
-		r->published += amount;
-	else
-		flush_urgent = true;
+	if (usage_shared == NULL || usage_waiting == NULL)
+		return false;
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	memcpy(&key.tenant, tenant, sizeof(pg_uuid_t));
+	strlcpy(key.resource, resource, sizeof(key.resource));
+	key.hour = at / USECS_PER_HOUR;
+	entry = shared_sum_add(usage_waiting, &key, offsetof(WaitingSum, sum),
+						   sizeof(WaitingSum), amount);
+	if (entry == NULL)
+		return false;
+	SpinLockAcquire(&entry->sum.mutex);
+	if (entry->first_at == 0 || at < entry->first_at)
+		entry->first_at = at;
+	SpinLockRelease(&entry->sum.mutex);
+	LWLockRelease(&usage_shared->lock);
+
+	if (added_since == 0)
+		added_since = GetCurrentTimestamp();
+	if (!exit_callback_registered)
+	{
+		before_shmem_exit(usage_exit_callback, (Datum) 0);
+		exit_callback_registered = true;
+	}
+	return true;
 }
 
-/* Take carried record r out of the unwritten hash (being written). */
+/* Log, once per session, that usage was lost for want of room. */
 static void
-unwritten_withdraw(CarriedRecord *r)
+report_lost(const char *resource)
 {
-	UnwrittenKey key;
-	UnwrittenSum *entry;
-
-	if (r->published == 0 || usage_shared == NULL || usage_unwritten == NULL)
+	if (lost_logged)
 		return;
-	unwritten_key(r, &key);
-	LWLockAcquire(&usage_shared->lock, LW_EXCLUSIVE);
-	entry = hash_search(usage_unwritten, &key, HASH_FIND, NULL);
-	if (entry != NULL)
+	lost_logged = true;
+	ereport(LOG,
+			(errmsg("tenancy: no room in shared memory for waiting usage; some usage was not recorded"),
+			 errdetail("Usage of resource \"%s\" was dropped; tenancy.stats still counts denials.",
+					   resource),
+			 errhint("Run tenancy.rollup_usage() more often, or set tenancy.usage_flush_delay lower.")));
+}
+
+/*
+ * Is there room for n more waiting sums?  Approximate (no lock): a commit
+ * that finds too little writes its own sums instead.
+ */
+static bool
+waiting_has_room(long n)
+{
+	if (usage_waiting == NULL)
+		return false;
+	return hash_get_num_entries(usage_waiting) + n + USAGE_WAITING_MARGIN <= USAGE_MAX_WAITING;
+}
+
+/*
+ * Take every waiting sum of this database out of shared memory, into
+ * `taken` (put back by waiting_put_back() if the transaction aborts).
+ */
+static void
+waiting_take_all(void)
+{
+	HASH_SEQ_STATUS status;
+	WaitingSum *entry;
+	long		room;
+
+	if (usage_waiting == NULL)
+		return;
+	/* Allocate first: nothing may fail once sums leave shared memory. */
+	room = ntaken + hash_get_num_entries(usage_waiting) + 64;
+	if (room > taken_alloc)
 	{
-		entry->sum.amount -= r->published;
-		if (entry->sum.amount <= 0)
-			hash_search(usage_unwritten, &key, HASH_REMOVE, NULL);
+		ensure_context();
+		if (taken == NULL)
+			taken = MemoryContextAlloc(usage_context, sizeof(WaitingSum) * room);
+		else
+			taken = repalloc(taken, sizeof(WaitingSum) * room);
+		taken_alloc = room;
+	}
+
+	LWLockAcquire(&usage_shared->lock, LW_EXCLUSIVE);
+	hash_seq_init(&status, usage_waiting);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		if (entry->key.dbid != MyDatabaseId)
+			continue;
+		if (ntaken >= room)
+		{
+			hash_seq_term(&status);
+			break;
+		}
+		taken[ntaken++] = *entry;
+		hash_search(usage_waiting, &entry->key, HASH_REMOVE, NULL);
 	}
 	LWLockRelease(&usage_shared->lock);
-	r->published = 0;
+	added_since = 0;
+}
+
+/* The transaction that took them aborted: they wait again. */
+static void
+waiting_put_back(void)
+{
+	for (int i = 0; i < ntaken; i++)
+	{
+		if (taken[i].sum.amount <= 0)
+			continue;
+		if (!waiting_add(&taken[i].key.tenant, taken[i].key.resource,
+						 taken[i].first_at, taken[i].sum.amount))
+			report_lost(taken[i].key.resource);
+	}
+	ntaken = nwritten = 0;
 }
 
 /* ------------------------------------------------------------------------
- * Backend-local records
+ * The current transaction's records
  * ------------------------------------------------------------------------
  */
 
@@ -471,90 +541,9 @@ pending_subxact_end(int level, bool commit)
 		pfree(moved);
 }
 
+/* Carry this transaction's sums into shared memory (at its commit). */
 static void
-usage_exit_callback(int code, Datum arg);
-
-/*
- * Make room for n more carried records, so that carrying them at commit
- * (where nothing may fail) needs no allocation.
- */
-static void
-carried_reserve(int n)
-{
-	int			newalloc = carried_alloc ? carried_alloc : 16;
-
-	if (ncarried + n <= carried_alloc)
-		return;
-	while (newalloc < ncarried + n)
-		newalloc *= 2;
-	ensure_context();
-	if (carried == NULL)
-		carried = MemoryContextAlloc(usage_context, sizeof(CarriedRecord) * newalloc);
-	else
-		carried = repalloc(carried, sizeof(CarriedRecord) * newalloc);
-	carried_alloc = newalloc;
-}
-
-/*
- * Add a record to the carried list (summed by tenant, resource, hour) and
- * publish it.  Allocates only when the list is full, which carrying at
- * commit avoids with carried_reserve().
- */
-static void
-carried_add(const pg_uuid_t *tenant, const char *resource, TimestampTz at, int64 amount)
-{
-	int64		hour = at / USECS_PER_HOUR;
-	CarriedRecord *r = NULL;
-	int			i;
-
-	for (i = 0; i < ncarried; i++)
-	{
-		CarriedRecord *c = &carried[i];
-
-		if (!c->inflight && c->hour == hour &&
-			memcmp(&c->tenant, tenant, sizeof(pg_uuid_t)) == 0 &&
-			strcmp(c->resource, resource) == 0 &&
-			!pg_add_s64_overflow(c->amount, amount, &c->amount))
-		{
-			r = c;
-			break;
-		}
-	}
-	if (r == NULL)
-	{
-		if (ncarried >= USAGE_MAX_CARRIED)
-		{
-			if (!carried_overflow_logged)
-				ereport(LOG,
-						(errmsg("tenancy: too many unwritten usage records in this session; dropping some"),
-						 errdetail("Records of resource \"%s\" were not written; tenancy.stats still counts denials.",
-								   resource)));
-			carried_overflow_logged = true;
-			return;
-		}
-		carried_reserve(1);
-		r = &carried[ncarried++];
-		memset(r, 0, sizeof(CarriedRecord));
-		memcpy(&r->tenant, tenant, sizeof(pg_uuid_t));
-		strlcpy(r->resource, resource, sizeof(r->resource));
-		r->at = at;
-		r->hour = hour;
-		r->amount = amount;
-		if (carried_unwritten++ == 0)
-			carried_since = GetCurrentTransactionStartTimestamp();
-	}
-	unwritten_publish(r, amount);
-
-	if (!exit_callback_registered)
-	{
-		before_shmem_exit(usage_exit_callback, (Datum) 0);
-		exit_callback_registered = true;
-	}
-}
-
-/* Carry this transaction's pending records (at its commit). */
-static void
-pending_carry(void)
+pending_publish(void)
 {
 	HASH_SEQ_STATUS status;
 	PendingEntry *entry;
@@ -564,77 +553,31 @@ pending_carry(void)
 		return;
 	hash_seq_init(&status, pending);
 	while ((entry = hash_seq_search(&status)) != NULL)
-		if (entry->amount > 0)
-			carried_add(&entry->key.tenant, entry->key.resource, xact_start,
-						entry->amount);
+		if (entry->amount > 0 &&
+			!waiting_add(&entry->key.tenant, entry->key.resource, xact_start, entry->amount))
+			report_lost(entry->key.resource);
 	pending_reset();
 }
 
-/* The transaction that wrote the in-flight carried records committed. */
-static void
-carried_forget_inflight(void)
-{
-	int			i;
-	int			j = 0;
-
-	for (i = 0; i < ncarried; i++)
-		if (!carried[i].inflight)
-			carried[j++] = carried[i];
-	ncarried = j;
-}
-
-/* The transaction that wrote them aborted: carry them on. */
-static void
-carried_retry_inflight(void)
-{
-	int			i;
-
-	for (i = 0; i < ncarried; i++)
-	{
-		if (!carried[i].inflight)
-			continue;
-		carried[i].inflight = false;
-		if (carried_unwritten++ == 0)
-			carried_since = GetCurrentTransactionStartTimestamp();
-		unwritten_publish(&carried[i], carried[i].amount - carried[i].published);
-	}
-}
-
-/* Forget every carried record (the extension is gone, or the backend). */
-static void
-carried_drop_all(void)
-{
-	int			i;
-
-	for (i = 0; i < ncarried; i++)
-		unwritten_withdraw(&carried[i]);
-	ncarried = 0;
-	carried_unwritten = 0;
-}
-
 /*
- * Should this commit write the carried records?  When the delay is 0, when
- * the oldest is tenancy.usage_flush_delay old, when many are carried, or
- * when some could not be published.
+ * Should this commit write usage?  With tenancy.usage_flush_delay = 0, or
+ * when shared memory is short of room, it writes its own sums; when this
+ * backend added sums tenancy.usage_flush_delay ago, it writes every
+ * waiting sum of the database.
  */
 static bool
-usage_flush_due(void)
+usage_flush_due(bool *take_waiting)
 {
-	if (pending == NULL && carried_unwritten == 0)
-		return false;
-	if (tenancy_guc_usage_flush_delay == 0 || flush_urgent)
-		return true;
-	if (carried_unwritten == 0)
-		return false;
-	return carried_unwritten >= USAGE_FLUSH_RECORDS ||
-		TimestampDifferenceExceeds(carried_since, GetCurrentTransactionStartTimestamp(),
-								   tenancy_guc_usage_flush_delay);
-}
+	long		npending = pending ? hash_get_num_entries(pending) : 0;
 
-/* ------------------------------------------------------------------------
- * Writing
- * ------------------------------------------------------------------------
- */
+	*take_waiting = added_since != 0 &&
+		TimestampDifferenceExceeds(added_since, GetCurrentTransactionStartTimestamp(),
+								   tenancy_guc_usage_flush_delay);
+	if (*take_waiting)
+		return true;
+	return npending > 0 &&
+		(tenancy_guc_usage_flush_delay == 0 || !waiting_has_room(npending));
+}
 
 /* The owner of a relation (the extension's owner for its tables). */
 static Oid
@@ -650,13 +593,6 @@ rel_owner(Oid relid)
 	return owner;
 }
 
-/*
- * Write every pending record and every carried record not yet in flight,
- * in one INSERT, as the owner of tenancy.usage_events.  Only at the top
- * level of a transaction (so that no subtransaction can take the rows with
- * it).  In a read-only transaction nothing can be written: the pending
- * records are carried to the next transaction that can.
- */
 /* The last tenant usage_tenant_exists() looked up. */
 typedef struct SeenTenant
 {
@@ -684,8 +620,14 @@ usage_tenant_exists(const pg_uuid_t *id, SeenTenant *seen)
 	return seen->exists;
 }
 
+/*
+ * Write this transaction's sums and, if take_waiting, every waiting sum of
+ * this database, in one INSERT, as the owner of tenancy.usage_events.  Only
+ * at the top level of a read-write transaction (so that no subtransaction
+ * can take the rows with it); false if it cannot write here.
+ */
 static bool
-usage_flush(void)
+usage_flush(bool take_waiting)
 {
 	int			npending = pending ? hash_get_num_entries(pending) : 0;
 	int			nrows = 0;
@@ -702,24 +644,22 @@ usage_flush(void)
 	HASH_SEQ_STATUS status;
 	PendingEntry *entry;
 	TimestampTz xact_start = GetCurrentTransactionStartTimestamp();
-	bool		pushed_snapshot = false;
 	SeenTenant	seen = {0};
 
-	nrows = carried_unwritten;
-	if (npending == 0 && nrows == 0)
-		return true;
 	if (GetCurrentTransactionNestLevel() != 1 || IsParallelWorker() ||
 		XactReadOnly || RecoveryInProgress())
 		return false;
-
 	relid = tenancy_relation_oid("usage_events", true);
 	if (!OidIsValid(relid))
 	{
 		/* The extension is not (or no longer) installed here. */
 		pending_reset();
-		carried_drop_all();
 		return true;
 	}
+	if (take_waiting)
+		waiting_take_all();
+	if (npending == 0 && ntaken == nwritten)
+		return true;
 
 	/*
 	 * The tenant test below sees what the INSERT will see: SPI advances
@@ -728,43 +668,33 @@ usage_flush(void)
 	 */
 	CommandCounterIncrement();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	pushed_snapshot = true;
 
-	nrows += npending;
-	tenants = palloc(sizeof(Datum) * nrows);
-	resources = palloc(sizeof(Datum) * nrows);
-	ats = palloc(sizeof(Datum) * nrows);
-	amounts = palloc(sizeof(Datum) * nrows);
-	nrows = 0;
+	tenants = palloc(sizeof(Datum) * (npending + ntaken - nwritten));
+	resources = palloc(sizeof(Datum) * (npending + ntaken - nwritten));
+	ats = palloc(sizeof(Datum) * (npending + ntaken - nwritten));
+	amounts = palloc(sizeof(Datum) * (npending + ntaken - nwritten));
 	if (npending > 0)
 	{
 		hash_seq_init(&status, pending);
 		while ((entry = hash_seq_search(&status)) != NULL)
 		{
-			pg_uuid_t  *u = palloc(sizeof(pg_uuid_t));
-
 			if (entry->amount == 0 || !usage_tenant_exists(&entry->key.tenant, &seen))
 				continue;
-			memcpy(u, &entry->key.tenant, sizeof(pg_uuid_t));
-			tenants[nrows] = UUIDPGetDatum(u);
+			tenants[nrows] = UUIDPGetDatum(&entry->key.tenant);
 			resources[nrows] = CStringGetTextDatum(entry->key.resource);
 			ats[nrows] = TimestampTzGetDatum(xact_start);
 			amounts[nrows] = Int64GetDatum(entry->amount);
 			nrows++;
 		}
 	}
-	for (i = 0; i < ncarried; i++)
+	for (i = nwritten; i < ntaken; i++)
 	{
-		pg_uuid_t  *u;
-
-		if (carried[i].inflight || !usage_tenant_exists(&carried[i].tenant, &seen))
+		if (taken[i].sum.amount <= 0 || !usage_tenant_exists(&taken[i].key.tenant, &seen))
 			continue;
-		u = palloc(sizeof(pg_uuid_t));
-		memcpy(u, &carried[i].tenant, sizeof(pg_uuid_t));
-		tenants[nrows] = UUIDPGetDatum(u);
-		resources[nrows] = CStringGetTextDatum(carried[i].resource);
-		ats[nrows] = TimestampTzGetDatum(carried[i].at);
-		amounts[nrows] = Int64GetDatum(carried[i].amount);
+		tenants[nrows] = UUIDPGetDatum(&taken[i].key.tenant);
+		resources[nrows] = CStringGetTextDatum(taken[i].key.resource);
+		ats[nrows] = TimestampTzGetDatum(taken[i].first_at);
+		amounts[nrows] = Int64GetDatum(taken[i].sum.amount);
 		nrows++;
 	}
 
@@ -808,93 +738,78 @@ usage_flush(void)
 		SPI_finish();
 		SetUserIdAndSecContext(save_userid, save_sec);
 	}
-	if (pushed_snapshot)
-		PopActiveSnapshot();
-
+	PopActiveSnapshot();
 	pending_reset();
-	for (i = 0; i < ncarried; i++)
-	{
-		if (carried[i].inflight)
-			continue;
-		carried[i].inflight = true;
-		unwritten_withdraw(&carried[i]);
-	}
-	carried_unwritten = 0;
-	flush_urgent = false;
+	nwritten = ntaken;
 	return true;
 }
 
 /*
- * At backend exit, write what is still carried, in a transaction of its
- * own (as temporary relations are removed at exit).
+ * At backend exit, write the waiting sums of this database if this backend
+ * added some, in a transaction of its own (as temporary relations are
+ * removed at exit).
  */
 static void
 usage_exit_callback(int code, Datum arg)
 {
-	if (ncarried == 0)
+	if (added_since == 0 && ntaken == 0)
 		return;
 	AbortOutOfAnyTransaction();
-	if (IsUnderPostmaster && OidIsValid(MyDatabaseId) && MyProc != NULL &&
-		!RecoveryInProgress())
+	if (!IsUnderPostmaster || !OidIsValid(MyDatabaseId) || MyProc == NULL ||
+		RecoveryInProgress())
+		return;
+	PG_TRY();
 	{
-		PG_TRY();
-		{
-			StartTransactionCommand();
-			usage_flush();
-			CommitTransactionCommand();
-		}
-		PG_CATCH();
-		{
-			EmitErrorReport();
-			FlushErrorState();
-			AbortOutOfAnyTransaction();
-		}
-		PG_END_TRY();
+		StartTransactionCommand();
+		(void) usage_flush(true);
+		CommitTransactionCommand();
 	}
-	/* What could not be written is lost: take it out of shared memory. */
-	carried_drop_all();
+	PG_CATCH();
+	{
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+	}
+	PG_END_TRY();
 }
 
 static void
 usage_xact_callback(XactEvent event, void *arg)
 {
+	bool		take_waiting;
+
 	switch (event)
 	{
 		case XACT_EVENT_PRE_COMMIT:
-			if (usage_flush_due())
+			if (usage_flush_due(&take_waiting))
 			{
-				/* What waited may be lost in a crash anyway: see commit.c. */
+				/* Waiting usage may be lost in a crash anyway: see commit.c. */
 				tenancy_commit_write_begin();
-				(void) usage_flush();
+				(void) usage_flush(take_waiting);
 				tenancy_commit_write_end(tenancy_guc_usage_flush_delay > 0);
 			}
-			if (pending != NULL)
-				carried_reserve(hash_get_num_entries(pending));
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			/* A prepared transaction's records go with it. */
-			if (!usage_flush() && pending != NULL)
+			if (pending != NULL && !usage_flush(false))
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("tenancy: cannot PREPARE a transaction that recorded usage here"),
 						 errhint("Record usage at the top level of a read-write transaction.")));
 			break;
 		case XACT_EVENT_COMMIT:
-			if (ncarried > 0)
-				carried_forget_inflight();
-			pending_carry();
+			ntaken = nwritten = 0;
+			pending_publish();
 			audit_purge_allowed = false;
 			break;
 		case XACT_EVENT_PREPARE:
+			ntaken = nwritten = 0;
 			pending_reset();
-			if (ncarried > 0)
-				carried_forget_inflight();
 			audit_purge_allowed = false;
 			break;
 		case XACT_EVENT_ABORT:
+			waiting_put_back();
 			pending_reset();
-			if (ncarried > 0)
-				carried_retry_inflight();
 			audit_purge_allowed = false;
 			break;
 		default:
@@ -940,9 +855,9 @@ tenancy_usage_resource_ok(const char *resource)
 /*
  * Record usage of a resource by a tenant; the hook of the other areas.
  * Transactional unless survive_abort, in which case the record outlives the
- * rollback of the current transaction (see the header comment) and is
- * counted in shared memory at once.  Amounts <= 0 and invalid resource
- * names are ignored: a meter never makes its caller fail.
+ * rollback of the current transaction (it waits in shared memory at once)
+ * and is counted in the denial counters.  Amounts <= 0 and invalid
+ * resource names are ignored: a meter never makes its caller fail.
  */
 void
 tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
@@ -954,7 +869,8 @@ tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
 	if (survive_abort)
 	{
 		counter_add(resource, amount);
-		carried_add(tenant, resource, GetCurrentTimestamp(), amount);
+		if (!waiting_add(tenant, resource, GetCurrentTimestamp(), amount))
+			report_lost(resource);
 	}
 	else
 		pending_add(tenant, resource, GetCurrentTransactionNestLevel(), amount, true);
@@ -1102,14 +1018,16 @@ tenancy_usage_record_carried(PG_FUNCTION_ARGS)
 }
 
 /*
- * SQL: tenancy._usage_flush(): write this backend's pending and carried
- * records now, in the current transaction (top level only).  Internal:
+ * SQL: tenancy._usage_flush(): write every waiting sum of this database and
+ * this transaction's records now, in the current transaction (top level of
+ * a read-write transaction; elsewhere it does nothing).  Internal:
  * rollup_usage() calls it.
  */
 Datum
 tenancy_usage_flush(PG_FUNCTION_ARGS)
 {
-	usage_flush();
+	require_shmem();
+	(void) usage_flush(true);
 	PG_RETURN_VOID();
 }
 
@@ -1182,52 +1100,68 @@ require_key_admin_for_usage(void)
 }
 
 /*
- * The unwritten records of a tenant in this database, published by every
- * session (see the header comment), as three arrays: resource, start of
- * the hour, amount.
+ * What is recorded for a tenant in this database but not written: the
+ * waiting sums of every session (stamped with their first record) and
+ * this transaction's own records (stamped with its start), as three
+ * arrays: resource, time, amount.
  */
 static void
-unwritten_arrays(const pg_uuid_t *tenant, Datum *resources, Datum *hours, Datum *amounts)
+unwritten_arrays(const pg_uuid_t *tenant, Datum *resources, Datum *ats, Datum *amounts)
 {
 	HASH_SEQ_STATUS status;
-	UnwrittenSum *entry;
+	WaitingSum *entry;
+	PendingEntry *p;
 	int			n = 0;
 	int			alloc = 16;
 	Datum	   *r = palloc(sizeof(Datum) * alloc);
-	Datum	   *h = palloc(sizeof(Datum) * alloc);
+	Datum	   *t = palloc(sizeof(Datum) * alloc);
 	Datum	   *a = palloc(sizeof(Datum) * alloc);
+
+#define UNWRITTEN_ADD(res, at, amount) \
+	do { \
+		if (n == alloc) \
+		{ \
+			alloc *= 2; \
+			r = repalloc(r, sizeof(Datum) * alloc); \
+			t = repalloc(t, sizeof(Datum) * alloc); \
+			a = repalloc(a, sizeof(Datum) * alloc); \
+		} \
+		r[n] = CStringGetTextDatum(res); \
+		t[n] = TimestampTzGetDatum(at); \
+		a[n] = Int64GetDatum(amount); \
+		n++; \
+	} while (0)
 
 	require_shmem();
 	LWLockAcquire(&usage_shared->lock, LW_SHARED);
-	hash_seq_init(&status, usage_unwritten);
+	hash_seq_init(&status, usage_waiting);
 	while ((entry = hash_seq_search(&status)) != NULL)
 	{
 		int64		amount;
+		TimestampTz at;
 
 		if (entry->key.dbid != MyDatabaseId ||
 			memcmp(&entry->key.tenant, tenant, sizeof(pg_uuid_t)) != 0)
 			continue;
 		SpinLockAcquire(&entry->sum.mutex);
 		amount = entry->sum.amount;
+		at = entry->first_at;
 		SpinLockRelease(&entry->sum.mutex);
-		if (amount <= 0)
-			continue;
-		if (n == alloc)
-		{
-			alloc *= 2;
-			r = repalloc(r, sizeof(Datum) * alloc);
-			h = repalloc(h, sizeof(Datum) * alloc);
-			a = repalloc(a, sizeof(Datum) * alloc);
-		}
-		r[n] = CStringGetTextDatum(entry->key.resource);
-		h[n] = TimestampTzGetDatum(entry->key.hour * USECS_PER_HOUR);
-		a[n] = Int64GetDatum(amount);
-		n++;
+		if (amount > 0)
+			UNWRITTEN_ADD(entry->key.resource, at, amount);
 	}
 	LWLockRelease(&usage_shared->lock);
+	if (pending != NULL && GetCurrentTransactionNestLevel() == 1)
+	{
+		hash_seq_init(&status, pending);
+		while ((p = hash_seq_search(&status)) != NULL)
+			if (p->amount > 0 && memcmp(&p->key.tenant, tenant, sizeof(pg_uuid_t)) == 0)
+				UNWRITTEN_ADD(p->key.resource, GetCurrentTransactionStartTimestamp(), p->amount);
+	}
+#undef UNWRITTEN_ADD
 	*resources = PointerGetDatum(construct_array(r, n, TEXTOID, -1, false, TYPALIGN_INT));
-	*hours = PointerGetDatum(construct_array(h, n, TIMESTAMPTZOID, sizeof(TimestampTz),
-											 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	*ats = PointerGetDatum(construct_array(t, n, TIMESTAMPTZOID, sizeof(TimestampTz),
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	*amounts = PointerGetDatum(construct_array(a, n, INT8OID, sizeof(int64),
 											   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
@@ -1275,7 +1209,6 @@ tenancy_usage(PG_FUNCTION_ARGS)
 
 	tupstore = materialize_srf(fcinfo, &tupdesc);
 
-	(void) usage_flush();
 	relid = tenancy_relation_oid("usage_events", true);
 	if (!OidIsValid(relid))
 		elog(ERROR, "tenancy: relation tenancy.usage_events is missing");

@@ -96,17 +96,23 @@ my $bg = $node->background_psql('postgres', on_error_stop => 0);
 $bg->query_safe("SET tenancy.usage_flush_delay = '60s'");
 $bg->query_safe("SELECT tenancy.record_usage('waiting', 2, 'acme')") for 1 .. 3;
 $bg->query_safe("BEGIN; SELECT tenancy.record_usage('waiting', 100, 'acme'); ROLLBACK");
-is(events('waiting'), '0', 'usage waiting in a session is not written yet');
+is(events('waiting'), '0', 'usage waiting in shared memory is not written yet');
 is(usage_of('waiting'), '6', "another session's usage() sees it at once");
 $node->safe_psql('postgres', 'SELECT tenancy.rollup_usage()');
-is(usage_of('waiting'), '6', "another session's rollup leaves it, and it is counted once");
+is($node->safe_psql('postgres', q{
+	SELECT coalesce(sum(amount), 0) FROM tenancy.usage_rollups
+	 WHERE resource = 'waiting' AND granularity = 'month'}),
+	'6', "another session's rollup_usage() writes and folds it");
+is(usage_of('waiting'), '6', 'and it is counted once');
 
-# A fast shutdown ends the session, which writes it.
+# More waits; a fast shutdown ends the session, which writes it.
+$bg->query_safe("SELECT tenancy.record_usage('waiting', 1, 'acme')");
+is(events('waiting'), '0', 'waiting again');
 $node->stop('fast');
 $bg->quit;
 $node->start;
-is(events('waiting'), '6', 'a fast shutdown writes the usage a session was holding');
-is(usage_of('waiting'), '6', 'and usage() counts it once after the restart');
+is(events('waiting'), '1', 'a fast shutdown writes the usage that was waiting');
+is(usage_of('waiting'), '7', 'and usage() counts everything once after the restart');
 
 # A crash of the server loses what was waiting (at most about
 # tenancy.usage_flush_delay of a busy session's usage), nothing else.
@@ -121,7 +127,7 @@ $bg->quit;
 $node->poll_query_until('postgres', 'SELECT 1', '1')
   or die 'the server did not come back after the crash';
 is(usage_of('lost'), '0', 'a crash loses the usage that was waiting in memory');
-is(usage_of('waiting'), '6', 'and only that');
+is(usage_of('waiting'), '7', 'and only that');
 
 $node->stop;
 done_testing();
