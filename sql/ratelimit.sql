@@ -15,6 +15,12 @@ SELECT tenancy.set_plan_rate_limit('free', 'tiny', 0.001);           -- burst = 
 SELECT tenancy.set_plan_rate_limit('free', 'search', 0);
 SELECT tenancy.set_plan_rate_limit('free', 'search', -1);
 SELECT tenancy.set_plan_rate_limit('free', 'search', 'NaN');
+SELECT tenancy.set_plan_rate_limit('free', 'search', 'Infinity');
+SELECT tenancy.set_plan_rate_limit('free', 'search', 1e10);
+-- 1e9 is the largest rate (set and removed again: audited both times).
+SELECT tenancy.set_plan_rate_limit('free', 'huge', 1e9);
+SELECT per_second, burst FROM tenancy.plan_rate_limits WHERE resource = 'huge';
+SELECT tenancy.set_plan_rate_limit('free', 'huge', NULL);
 SELECT tenancy.set_plan_rate_limit('free', 'search', 1, 0);
 SELECT tenancy.set_plan_rate_limit('free', '', 1);
 SELECT tenancy.set_plan_rate_limit('enterprise', 'search', 1);

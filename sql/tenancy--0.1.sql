@@ -1319,12 +1319,16 @@ DECLARE
     tid uuid;
     b integer;
 BEGIN
-    IF per_second IS NOT NULL AND (per_second OPERATOR(pg_catalog.<=) 0 OR per_second OPERATOR(pg_catalog.=) 'NaN'
-                                   OR per_second OPERATOR(pg_catalog.=) 'Infinity'
-                                   OR per_second OPERATOR(pg_catalog.>) 1e9) THEN
+    IF per_second IS NOT NULL AND (per_second OPERATOR(pg_catalog.<=) 0 OR per_second OPERATOR(pg_catalog.=) 'NaN') THEN
         RAISE EXCEPTION 'tenancy: per_second must be a positive number'
             USING ERRCODE = '22023', DETAIL = format('The rate given is %s.', per_second),
                   HINT = 'Pass a rate such as 10 (tokens per second), or NULL to remove the limit.';
+    END IF;
+    IF per_second OPERATOR(pg_catalog.>) 1e9 THEN
+        RAISE EXCEPTION 'tenancy: per_second is too large'
+            USING ERRCODE = '22023',
+                  DETAIL = format('The rate given is %s; the largest is 1000000000 tokens per second.', per_second),
+                  HINT = 'Pass a rate up to 1e9, or NULL to remove the limit.';
     END IF;
     IF burst IS NOT NULL AND burst OPERATOR(pg_catalog.<) 1 THEN
         RAISE EXCEPTION 'tenancy: burst must be at least 1'
