@@ -652,8 +652,13 @@ usage_flush(bool take_waiting)
 	relid = tenancy_relation_oid("usage_events", true);
 	if (!OidIsValid(relid))
 	{
-		/* The extension is not (or no longer) installed here. */
+		/* The extension is not (or no longer) installed here: drop it all. */
 		pending_reset();
+		if (take_waiting)
+		{
+			waiting_take_all();
+			ntaken = nwritten = 0;
+		}
 		return true;
 	}
 	if (take_waiting)
