@@ -429,7 +429,7 @@ tenancy_guc_init(void)
 							   check_interval_setting, NULL, NULL);
 
 	DefineCustomIntVariable("tenancy.usage_flush_delay",
-							"How long usage records may wait in a session before they are written.",
+							"How long recorded usage may wait in shared memory before a commit writes it.",
 							"0 writes them at the commit of the transaction that recorded them.",
 							&tenancy_guc_usage_flush_delay,
 							1000, 0, 60000,
