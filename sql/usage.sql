@@ -277,6 +277,10 @@ SELECT tenancy.rollup_usage() >= 2 AS rollup_writes_this_session_first;
 SELECT resource, amount FROM tenancy.usage_rollups
  WHERE tenant_id = tenancy.tenant_id('usage-a') AND granularity = 'month' AND resource LIKE 'deferred%' ORDER BY 1;
 SELECT count(*) AS unfolded FROM tenancy.usage_events WHERE resource LIKE 'deferred%';
+-- A commit with more distinct sums than shared memory has room for
+-- (16,384 per server, less a margin) writes them itself.
+SELECT count(tenancy.record_usage('many-' || g, 1, 'usage-a')) FROM generate_series(1, 16000) g;
+SELECT count(*) AS written_by_their_commit, sum(amount) FROM tenancy.usage_events WHERE resource LIKE 'many-%';
 SET tenancy.usage_flush_delay = 0;
 
 -- Leave no tenants behind for later tests.
