@@ -56,10 +56,8 @@
 #include "postgres.h"
 
 #include "access/detoast.h"
-#include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/parallel.h"
-#include "access/stratnum.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
@@ -449,44 +447,23 @@ key_from_tuple(HeapTuple tuple, TupleDesc desc, KeyRow *out)
 	out->revoked = !isnull;
 }
 
+static void
+convert_key_row(HeapTuple tuple, TupleDesc desc, void *out)
+{
+	key_from_tuple(tuple, desc, (KeyRow *) out);
+}
+
 /*
- * Scan one unique index of tenancy.api_keys for a single value.  With
- * fresh, read with a snapshot taken after the table and index locks are
- * held (so after the invalidations they bring were processed), for the
- * cache; else as the active (or transaction) snapshot sees the table.
- * Bypasses privileges and row level security: callers decide what to
- * reveal.
+ * Scan one unique index of tenancy.api_keys for a single value (see
+ * tenancy_fetch_unique: fresh is for the cache).  Bypasses privileges and
+ * row level security: callers decide what to reveal.
  */
 static bool
 key_scan(Oid relid, Oid indexid, AttrNumber attno, RegProcedure eqproc,
 		 Datum value, bool fresh, KeyRow *out)
 {
-	Relation	rel;
-	SysScanDesc scan;
-	ScanKeyData key;
-	HeapTuple	tuple;
-	bool		found = false;
-	Snapshot	snapshot;
-
-	rel = table_open(relid, AccessShareLock);
-	LockRelationOid(indexid, AccessShareLock);
-	ScanKeyEntryInitialize(&key, 0, attno, BTEqualStrategyNumber, InvalidOid,
-						   InvalidOid, eqproc, value);
-	if (fresh)
-		snapshot = GetLatestSnapshot();
-	else
-		snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
-	scan = systable_beginscan(rel, indexid, true, snapshot, 1, &key);
-	tuple = systable_getnext(scan);
-	if (HeapTupleIsValid(tuple))
-	{
-		key_from_tuple(tuple, RelationGetDescr(rel), out);
-		found = true;
-	}
-	systable_endscan(scan);
-	UnlockRelationOid(indexid, AccessShareLock);
-	table_close(rel, AccessShareLock);
-	return found;
+	return tenancy_fetch_unique(relid, indexid, attno, eqproc, InvalidOid, value,
+								fresh, convert_key_row, out);
 }
 
 /* Copy a row with its scopes into cxt. */

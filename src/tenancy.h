@@ -11,6 +11,9 @@
 
 #include "postgres.h"
 
+#include "access/attnum.h"
+#include "access/htup.h"
+#include "access/tupdesc.h"
 #include "fmgr.h"
 #include "utils/elog.h"
 #include "utils/uuid.h"
@@ -72,6 +75,11 @@ typedef struct TenancyTenant
 } TenancyTenant;
 
 extern Oid tenancy_relation_oid(const char *relname, bool missing_ok);
+extern bool tenancy_fetch_unique(Oid relid, Oid indexid, AttrNumber attno,
+								 RegProcedure eqproc, Oid collation, Datum value,
+								 bool fresh,
+								 void (*convert) (HeapTuple tuple, TupleDesc desc, void *out),
+								 void *out);
 extern bool tenancy_tenant_lookup(const pg_uuid_t *id, TenancyTenant *out);
 extern void tenancy_tenant_resolve(const char *tenant, TenancyTenant *out);
 extern bool tenancy_tenant_try_resolve(const char *tenant, TenancyTenant *out);

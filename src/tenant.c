@@ -164,23 +164,28 @@ row_effective(const TenantRow *row, TenancyTenant *out)
 }
 
 /*
- * Scan one unique index of tenancy.tenants for a single key.  With fresh,
- * read with a snapshot taken after both locks are held (for the cache);
- * else as the caller's snapshot sees it.  Returns whether a row was found.
+ * Fetch the row of relid whose unique index indexid has value in column
+ * attno (compared with eqproc, under collation), and hand it to convert.
+ * With fresh, read with a snapshot taken after the table and index locks
+ * are held (so after the invalidations they bring were processed), for
+ * the backend caches; else as the active (or transaction) snapshot sees
+ * the table.  Bypasses privileges and row level security: callers decide
+ * what to reveal.  Returns whether a row was found.
  */
-static bool
-tenant_scan(const char *indexname, AttrNumber attno, RegProcedure eqproc,
-			Oid collation, Datum value, bool fresh, TenantRow *out)
+bool
+tenancy_fetch_unique(Oid relid, Oid indexid, AttrNumber attno, RegProcedure eqproc,
+					 Oid collation, Datum value, bool fresh,
+					 void (*convert) (HeapTuple tuple, TupleDesc desc, void *out),
+					 void *out)
 {
 	Relation	rel;
-	Oid			indexid = tenancy_relation_oid(indexname, false);
 	SysScanDesc scan;
 	ScanKeyData key;
 	HeapTuple	tuple;
 	bool		found = false;
 	Snapshot	snapshot;
 
-	rel = table_open(tenancy_relation_oid("tenants", false), AccessShareLock);
+	rel = table_open(relid, AccessShareLock);
 	LockRelationOid(indexid, AccessShareLock);
 	ScanKeyEntryInitialize(&key, 0, attno, BTEqualStrategyNumber, InvalidOid,
 						   collation, eqproc, value);
@@ -192,13 +197,33 @@ tenant_scan(const char *indexname, AttrNumber attno, RegProcedure eqproc,
 	tuple = systable_getnext(scan);
 	if (HeapTupleIsValid(tuple))
 	{
-		row_from_tuple(tuple, RelationGetDescr(rel), out);
+		convert(tuple, RelationGetDescr(rel), out);
 		found = true;
 	}
 	systable_endscan(scan);
 	UnlockRelationOid(indexid, AccessShareLock);
 	table_close(rel, AccessShareLock);
 	return found;
+}
+
+static void
+convert_tenant_row(HeapTuple tuple, TupleDesc desc, void *out)
+{
+	row_from_tuple(tuple, desc, (TenantRow *) out);
+}
+
+/*
+ * Scan one unique index of tenancy.tenants for a single key (see
+ * tenancy_fetch_unique).  Returns whether a row was found.
+ */
+static bool
+tenant_scan(const char *indexname, AttrNumber attno, RegProcedure eqproc,
+			Oid collation, Datum value, bool fresh, TenantRow *out)
+{
+	return tenancy_fetch_unique(tenancy_relation_oid("tenants", false),
+								tenancy_relation_oid(indexname, false),
+								attno, eqproc, collation, value, fresh,
+								convert_tenant_row, out);
 }
 
 /* Look a tenant up by id, through the cache.  Returns false when there is none. */
