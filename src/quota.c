@@ -633,6 +633,18 @@ evict_entries(void)
 	quota_shared->evictions++;
 }
 
+/* Pin a counter found under lock, mark it used, release the lock. */
+static QuotaEntry *
+entry_pin(QuotaEntry *e, uint64 tick, LWLock *lock)
+{
+	SpinLockAcquire(&e->mutex);
+	e->pins++;
+	e->last_used = tick;
+	SpinLockRelease(&e->mutex);
+	LWLockRelease(lock);
+	return e;
+}
+
 /*
  * Find or create the shared counter of key and pin it.  A new counter is
  * built from the ledger, read before taking the exclusive lock; if any
@@ -655,14 +667,7 @@ entry_acquire(const QuotaKey *key)
 		LWLockAcquire(lock, LW_SHARED);
 		e = hash_search(quota_hash, key, HASH_FIND, NULL);
 		if (e)
-		{
-			SpinLockAcquire(&e->mutex);
-			e->pins++;
-			e->last_used = tick;
-			SpinLockRelease(&e->mutex);
-			LWLockRelease(lock);
-			return e;
-		}
+			return entry_pin(e, tick, lock);
 		evictions = quota_shared->evictions;
 		LWLockRelease(lock);
 
@@ -671,14 +676,7 @@ entry_acquire(const QuotaKey *key)
 		LWLockAcquire(lock, LW_EXCLUSIVE);
 		e = hash_search(quota_hash, key, HASH_FIND, NULL);
 		if (e)
-		{
-			SpinLockAcquire(&e->mutex);
-			e->pins++;
-			e->last_used = tick;
-			SpinLockRelease(&e->mutex);
-			LWLockRelease(lock);
-			return e;
-		}
+			return entry_pin(e, tick, lock);
 		if (quota_shared->evictions != evictions)
 		{
 			LWLockRelease(lock);
