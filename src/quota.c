@@ -477,25 +477,12 @@ static void
 limit_lookup(const pg_uuid_t *tenant, const char *resource, bool *has_limit,
 			 int64 *limit, int *period)
 {
-	uint64		gen = tenancy_shmem_generation();
 	LimitKey	key;
 	LimitEntry *le;
 	bool		found;
 
-	if (limit_cache == NULL || limit_cache_gen != gen)
-	{
-		HASHCTL		info;
-
-		if (limit_cache)
-			hash_destroy(limit_cache);
-		memset(&info, 0, sizeof(info));
-		info.keysize = sizeof(LimitKey);
-		info.entrysize = sizeof(LimitEntry);
-		info.hcxt = TopMemoryContext;
-		limit_cache = hash_create("tenancy limits", 64, &info,
-								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		limit_cache_gen = gen;
-	}
+	tenancy_generation_cache(&limit_cache, &limit_cache_gen, "tenancy limits",
+							 sizeof(LimitKey), sizeof(LimitEntry));
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
 	memcpy(&key.tenant, tenant, sizeof(pg_uuid_t));

@@ -138,24 +138,11 @@ make_key(RateKey *key, const pg_uuid_t *tenant, const char *resource)
 static bool
 rate_conf(const RateKey *key, double *per_second, int *burst)
 {
-	uint64		gen = tenancy_shmem_generation();
 	RateConf   *rc;
 	bool		found;
 
-	if (conf_cache == NULL || conf_cache_gen != gen)
-	{
-		HASHCTL		info;
-
-		if (conf_cache)
-			hash_destroy(conf_cache);
-		memset(&info, 0, sizeof(info));
-		info.keysize = sizeof(RateKey);
-		info.entrysize = sizeof(RateConf);
-		info.hcxt = TopMemoryContext;
-		conf_cache = hash_create("tenancy rate limits", 64, &info,
-								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		conf_cache_gen = gen;
-	}
+	tenancy_generation_cache(&conf_cache, &conf_cache_gen, "tenancy rate limits",
+							 sizeof(RateKey), sizeof(RateConf));
 	rc = hash_search(conf_cache, key, HASH_FIND, &found);
 	if (!found)
 	{

@@ -38,6 +38,9 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+
 #include "tenancy.h"
 
 #ifdef TENANCY_HAVE_SHMEM_REQUEST_HOOK
@@ -147,6 +150,33 @@ uint64
 tenancy_shmem_generation(void)
 {
 	return shared_header ? pg_atomic_read_u64(&shared_header->generation) : 0;
+}
+
+/*
+ * A backend-local hash (in TopMemoryContext, blob keys) of what was read
+ * for the current limits generation: *cache is emptied, by being made
+ * anew, whenever the generation moved on since *cache_gen.
+ */
+HTAB *
+tenancy_generation_cache(HTAB **cache, uint64 *cache_gen, const char *name,
+						 Size keysize, Size entrysize)
+{
+	uint64		gen = tenancy_shmem_generation();
+
+	if (*cache == NULL || *cache_gen != gen)
+	{
+		HASHCTL		info;
+
+		if (*cache)
+			hash_destroy(*cache);
+		memset(&info, 0, sizeof(info));
+		info.keysize = keysize;
+		info.entrysize = entrysize;
+		info.hcxt = TopMemoryContext;
+		*cache = hash_create(name, 64, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		*cache_gen = gen;
+	}
+	return *cache;
 }
 
 /* Tell every backend that limits may have changed. */

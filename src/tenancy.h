@@ -90,6 +90,9 @@ extern bool tenancy_shmem_attached(void);
 extern void tenancy_shmem_require(void);
 extern uint64 tenancy_shmem_generation(void);
 extern void tenancy_shmem_bump_generation(void);
+extern struct HTAB *tenancy_generation_cache(struct HTAB **cache, uint64 *cache_gen,
+											   const char *name, Size keysize,
+											   Size entrysize);
 #define TENANCY_LOCK_QUOTA	0
 #define TENANCY_LOCK_RATE	1
 #define TENANCY_LWLOCKS		2
