@@ -541,6 +541,63 @@ pending_subxact_end(int level, bool commit)
 		pfree(moved);
 }
 
+/* Rows of usage (tenant, resource, time, amount), gathered as arrays. */
+typedef struct UsageRows
+{
+	int			n;
+	int			alloc;
+	Datum	   *tenants;
+	Datum	   *resources;
+	Datum	   *ats;
+	Datum	   *amounts;
+} UsageRows;
+
+static void
+usage_rows_init(UsageRows *rows, int alloc)
+{
+	rows->n = 0;
+	rows->alloc = Max(alloc, 1);
+	rows->tenants = palloc(sizeof(Datum) * rows->alloc);
+	rows->resources = palloc(sizeof(Datum) * rows->alloc);
+	rows->ats = palloc(sizeof(Datum) * rows->alloc);
+	rows->amounts = palloc(sizeof(Datum) * rows->alloc);
+}
+
+/* Add a row; tenant must stay valid until usage_rows_arrays(). */
+static void
+usage_rows_add(UsageRows *rows, const pg_uuid_t *tenant, const char *resource,
+			   TimestampTz at, int64 amount)
+{
+	if (rows->n == rows->alloc)
+	{
+		rows->alloc *= 2;
+		rows->tenants = repalloc(rows->tenants, sizeof(Datum) * rows->alloc);
+		rows->resources = repalloc(rows->resources, sizeof(Datum) * rows->alloc);
+		rows->ats = repalloc(rows->ats, sizeof(Datum) * rows->alloc);
+		rows->amounts = repalloc(rows->amounts, sizeof(Datum) * rows->alloc);
+	}
+	rows->tenants[rows->n] = UUIDPGetDatum(tenant);
+	rows->resources[rows->n] = CStringGetTextDatum(resource);
+	rows->ats[rows->n] = TimestampTzGetDatum(at);
+	rows->amounts[rows->n] = Int64GetDatum(amount);
+	rows->n++;
+}
+
+/* The rows as four arrays: uuid[], text[], timestamptz[], bigint[]. */
+static void
+usage_rows_arrays(const UsageRows *rows, Datum *out)
+{
+	out[0] = PointerGetDatum(construct_array(rows->tenants, rows->n, UUIDOID, UUID_LEN,
+											 false, TYPALIGN_CHAR));
+	out[1] = PointerGetDatum(construct_array(rows->resources, rows->n, TEXTOID, -1,
+											 false, TYPALIGN_INT));
+	out[2] = PointerGetDatum(construct_array(rows->ats, rows->n, TIMESTAMPTZOID,
+											 sizeof(TimestampTz), FLOAT8PASSBYVAL,
+											 TYPALIGN_DOUBLE));
+	out[3] = PointerGetDatum(construct_array(rows->amounts, rows->n, INT8OID, sizeof(int64),
+											 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
 /* Carry this transaction's sums into shared memory (at its commit). */
 static void
 pending_publish(void)
@@ -630,12 +687,8 @@ static bool
 usage_flush(bool take_waiting)
 {
 	int			npending = pending ? hash_get_num_entries(pending) : 0;
-	int			nrows = 0;
 	int			i;
-	Datum	   *tenants;
-	Datum	   *resources;
-	Datum	   *ats;
-	Datum	   *amounts;
+	UsageRows	rows;
 	Datum		args[4];
 	Oid			relid;
 	Oid			save_userid;
@@ -674,43 +727,23 @@ usage_flush(bool take_waiting)
 	CommandCounterIncrement();
 	PushActiveSnapshot(GetTransactionSnapshot());
 
-	tenants = palloc(sizeof(Datum) * (npending + ntaken - nwritten));
-	resources = palloc(sizeof(Datum) * (npending + ntaken - nwritten));
-	ats = palloc(sizeof(Datum) * (npending + ntaken - nwritten));
-	amounts = palloc(sizeof(Datum) * (npending + ntaken - nwritten));
+	usage_rows_init(&rows, npending + ntaken - nwritten);
 	if (npending > 0)
 	{
 		hash_seq_init(&status, pending);
 		while ((entry = hash_seq_search(&status)) != NULL)
-		{
-			if (entry->amount == 0 || !usage_tenant_exists(&entry->key.tenant, &seen))
-				continue;
-			tenants[nrows] = UUIDPGetDatum(&entry->key.tenant);
-			resources[nrows] = CStringGetTextDatum(entry->key.resource);
-			ats[nrows] = TimestampTzGetDatum(xact_start);
-			amounts[nrows] = Int64GetDatum(entry->amount);
-			nrows++;
-		}
+			if (entry->amount != 0 && usage_tenant_exists(&entry->key.tenant, &seen))
+				usage_rows_add(&rows, &entry->key.tenant, entry->key.resource, xact_start,
+							   entry->amount);
 	}
 	for (i = nwritten; i < ntaken; i++)
-	{
-		if (taken[i].sum.amount <= 0 || !usage_tenant_exists(&taken[i].key.tenant, &seen))
-			continue;
-		tenants[nrows] = UUIDPGetDatum(&taken[i].key.tenant);
-		resources[nrows] = CStringGetTextDatum(taken[i].key.resource);
-		ats[nrows] = TimestampTzGetDatum(taken[i].first_at);
-		amounts[nrows] = Int64GetDatum(taken[i].sum.amount);
-		nrows++;
-	}
+		if (taken[i].sum.amount > 0 && usage_tenant_exists(&taken[i].key.tenant, &seen))
+			usage_rows_add(&rows, &taken[i].key.tenant, taken[i].key.resource,
+						   taken[i].first_at, taken[i].sum.amount);
 
-	if (nrows > 0)
+	if (rows.n > 0)
 	{
-		args[0] = PointerGetDatum(construct_array(tenants, nrows, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-		args[1] = PointerGetDatum(construct_array(resources, nrows, TEXTOID, -1, false, TYPALIGN_INT));
-		args[2] = PointerGetDatum(construct_array(ats, nrows, TIMESTAMPTZOID, sizeof(TimestampTz),
-												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		args[3] = PointerGetDatum(construct_array(amounts, nrows, INT8OID, sizeof(int64),
-												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		usage_rows_arrays(&rows, args);
 
 		GetUserIdAndSecContext(&save_userid, &save_sec);
 		SetUserIdAndSecContext(rel_owner(relid), save_sec | SECURITY_LOCAL_USERID_CHANGE);
@@ -1116,28 +1149,11 @@ unwritten_arrays(const pg_uuid_t *tenant, Datum *resources, Datum *ats, Datum *a
 	HASH_SEQ_STATUS status;
 	WaitingSum *entry;
 	PendingEntry *p;
-	int			n = 0;
-	int			alloc = 16;
-	Datum	   *r = palloc(sizeof(Datum) * alloc);
-	Datum	   *t = palloc(sizeof(Datum) * alloc);
-	Datum	   *a = palloc(sizeof(Datum) * alloc);
-
-#define UNWRITTEN_ADD(res, at, amount) \
-	do { \
-		if (n == alloc) \
-		{ \
-			alloc *= 2; \
-			r = repalloc(r, sizeof(Datum) * alloc); \
-			t = repalloc(t, sizeof(Datum) * alloc); \
-			a = repalloc(a, sizeof(Datum) * alloc); \
-		} \
-		r[n] = CStringGetTextDatum(res); \
-		t[n] = TimestampTzGetDatum(at); \
-		a[n] = Int64GetDatum(amount); \
-		n++; \
-	} while (0)
+	UsageRows	rows;
+	Datum		arrays[4];
 
 	require_shmem();
+	usage_rows_init(&rows, 16);
 	LWLockAcquire(&usage_shared->lock, LW_SHARED);
 	hash_seq_init(&status, usage_waiting);
 	while ((entry = hash_seq_search(&status)) != NULL)
@@ -1153,7 +1169,7 @@ unwritten_arrays(const pg_uuid_t *tenant, Datum *resources, Datum *ats, Datum *a
 		at = entry->first_at;
 		SpinLockRelease(&entry->sum.mutex);
 		if (amount > 0)
-			UNWRITTEN_ADD(entry->key.resource, at, amount);
+			usage_rows_add(&rows, tenant, entry->key.resource, at, amount);
 	}
 	LWLockRelease(&usage_shared->lock);
 	if (pending != NULL && GetCurrentTransactionNestLevel() == 1)
@@ -1161,14 +1177,13 @@ unwritten_arrays(const pg_uuid_t *tenant, Datum *resources, Datum *ats, Datum *a
 		hash_seq_init(&status, pending);
 		while ((p = hash_seq_search(&status)) != NULL)
 			if (p->amount > 0 && memcmp(&p->key.tenant, tenant, sizeof(pg_uuid_t)) == 0)
-				UNWRITTEN_ADD(p->key.resource, GetCurrentTransactionStartTimestamp(), p->amount);
+				usage_rows_add(&rows, tenant, p->key.resource,
+							   GetCurrentTransactionStartTimestamp(), p->amount);
 	}
-#undef UNWRITTEN_ADD
-	*resources = PointerGetDatum(construct_array(r, n, TEXTOID, -1, false, TYPALIGN_INT));
-	*ats = PointerGetDatum(construct_array(t, n, TIMESTAMPTZOID, sizeof(TimestampTz),
-										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	*amounts = PointerGetDatum(construct_array(a, n, INT8OID, sizeof(int64),
-											   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	usage_rows_arrays(&rows, arrays);
+	*resources = arrays[1];
+	*ats = arrays[2];
+	*amounts = arrays[3];
 }
 
 /*
