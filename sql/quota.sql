@@ -102,6 +102,9 @@ COMMIT;
 SELECT tenancy.consume_quota('api_calls', 2);                     -- 4 + 2 > 5
 SELECT tenancy.consume_quota('api_calls', 1);
 SELECT resource, used, quota_limit, remaining, health FROM tenancy.check_quota('api_calls');
+-- (quota-only commits leave their deltas waiting in shared memory: write
+-- them to the ledger now, to look at it; the ledger section below tests that)
+SELECT FROM tenancy._usage_flush();
 SELECT tenancy.release_quota('api_calls', 2);
 SELECT tenancy.release_quota('api_calls', 100);                   -- never below 0
 SELECT tenancy.consume_quota('unlimited_thing', 1000000);         -- no limit: counted
@@ -113,6 +116,7 @@ SELECT tenancy.set_tenant_quota('q-acme', 'per_' || p, 100, p)
   FROM unnest(ARRAY['minute', 'hour', 'day', 'month']) p;
 SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
 SELECT tenancy.consume_quota('per_' || p, 1) FROM unnest(ARRAY['minute', 'hour', 'day', 'month']) p;
+SELECT FROM tenancy._usage_flush();
 SELECT l.resource,
        l.period_start = date_trunc(substr(l.resource, 5), l.period_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
            AS on_a_boundary,
@@ -297,21 +301,38 @@ SELECT count(*) = count(DISTINCT (tenant_id, resource, period_start, relid)) AS 
   FROM tenancy.quota_ledger;
 SELECT resource, used FROM tenancy.quota_usage('q-acme') ORDER BY 1;
 
--- The ledger is appended at commit, inside the transaction: one row per
--- counter whose net change is not zero (relid NULL for an explicit counter,
--- recorded_at the transaction's start).
+-- The ledger.  A transaction that changed nothing but quota usage leaves
+-- its net deltas waiting in shared memory (visible to every session at
+-- once, test/isolation/specs/quota_deferred.spec), and a later commit
+-- writes them, one row per counter whose net change is not zero (relid
+-- NULL for an explicit counter).
 SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
 BEGIN;
 SELECT tenancy.consume_quota('ledger_a', 3);
 SELECT tenancy.consume_quota('ledger_b', 2);
 SELECT tenancy.release_quota('ledger_b', 2);                      -- nets to zero
+COMMIT;
+SELECT count(*) AS in_ledger FROM tenancy.quota_ledger WHERE resource LIKE 'ledger\_%';
+SELECT resource, used FROM tenancy.quota_usage() WHERE resource LIKE 'ledger\_%';
+BEGIN;
+SELECT FROM tenancy._usage_flush();
 SELECT now() AS started \gset
 COMMIT;
-SELECT resource, period_start, relid, delta, recorded_at = :'started' AS at_start
+SELECT resource, period_start, relid, delta, recorded_at = :'started' AS at_flush
   FROM tenancy.quota_ledger WHERE resource LIKE 'ledger\_%' ORDER BY resource;
--- A transaction that only changed quota usage (it may commit without
--- waiting for the WAL flush: test/t/034_quota_commit.pl observes that) has
--- its row and its count after commit, and leaves synchronous_commit as it was.
+-- A flush that rolls back puts the deltas back: quota_deferred.spec.
+-- With tenancy.quota_flush_delay = 0 the transaction writes its own rows,
+-- inside the transaction, recorded at its start.
+SET tenancy.quota_flush_delay = 0;
+BEGIN;
+SELECT tenancy.consume_quota('ledger_a', 1);
+SELECT now() AS started \gset
+COMMIT;
+SELECT delta, recorded_at = :'started' AS at_start
+  FROM tenancy.quota_ledger WHERE resource = 'ledger_a' ORDER BY recorded_at DESC LIMIT 1;
+-- Such a transaction (it may commit without waiting for the WAL flush:
+-- test/t/034_quota_commit.pl observes that) leaves synchronous_commit as
+-- it was.
 SELECT tenancy.consume_quota('ledger_a');
 SHOW synchronous_commit;
 SET synchronous_commit = remote_apply;
@@ -323,14 +344,16 @@ SET LOCAL synchronous_commit = local;
 SELECT tenancy.consume_quota('ledger_a', 5);
 COMMIT;
 SHOW synchronous_commit;
+RESET tenancy.quota_flush_delay;
+-- tenancy.synchronous_quota_commit on: written by its own commit too.
 SET tenancy.synchronous_quota_commit = on;
 SELECT tenancy.release_quota('ledger_a', 1);
 RESET tenancy.synchronous_quota_commit;
 SELECT used FROM tenancy.check_quota('ledger_a');
 SELECT array_agg(delta ORDER BY delta) AS deltas, sum(delta)
   FROM tenancy.quota_ledger WHERE resource = 'ledger_a';
--- A transaction that writes a table too: its rows and its usage commit
--- together, or neither does.
+-- A transaction that writes a table too appends its rows itself: its rows
+-- and its usage commit together, or neither does.
 CREATE TABLE q_plain (n int);
 BEGIN;
 INSERT INTO q_plain VALUES (1);

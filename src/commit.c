@@ -24,6 +24,9 @@
 
 #include "access/transam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
+#include "miscadmin.h"
+#include "storage/proc.h"
 
 #include "tenancy.h"
 
@@ -56,6 +59,19 @@ tenancy_commit_write_begin(void)
 	if (commit_writes == COMMIT_NO_WRITES)
 		commit_writes = TransactionIdIsValid(GetTopTransactionIdIfAny()) ?
 			COMMIT_DURABLE : COMMIT_MAY_BE_LOST;
+}
+
+/*
+ * Has this transaction written only bookkeeping that may be lost so far
+ * (or nothing, and it has no XID)?  Then deltas of quota usage may wait in
+ * shared memory instead of being written by its commit (quota.c).
+ */
+bool
+tenancy_commit_only_bookkeeping(void)
+{
+	if (commit_writes == COMMIT_NO_WRITES)
+		return !TransactionIdIsValid(GetTopTransactionIdIfAny());
+	return commit_writes == COMMIT_MAY_BE_LOST;
 }
 
 /*
@@ -93,6 +109,36 @@ commit_xact_callback(XactEvent event, void *arg)
 		default:
 			break;
 	}
+}
+
+/*
+ * At backend exit (a before_shmem_exit callback), run work in a transaction
+ * of its own to write what waits in shared memory.  An error is reported
+ * and the exit goes on.
+ */
+void
+tenancy_exit_transaction(void (*work) (void))
+{
+	AbortOutOfAnyTransaction();
+	if (!IsUnderPostmaster || !OidIsValid(MyDatabaseId) || MyProc == NULL ||
+		RecoveryInProgress())
+		return;
+	PG_TRY();
+	{
+		StartTransactionCommand();
+		/* whatever the session's defaults: this one writes bookkeeping */
+		XactIsoLevel = XACT_READ_COMMITTED;
+		XactReadOnly = false;
+		work();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+	}
+	PG_END_TRY();
 }
 
 /* Called from _PG_init. */

@@ -457,5 +457,15 @@ tenancy_guc_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	/* Quota area: how long quota-only deltas may wait in shared memory. */
+	DefineCustomIntVariable("tenancy.quota_flush_delay",
+							"How long the quota usage of a transaction that changed nothing else may wait in shared memory before a commit writes it to the ledger.",
+							"0 writes it at the commit of the transaction that changed it.",
+							&tenancy_guc_quota_flush_delay,
+							1000, 0, 60000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("tenancy");
 }

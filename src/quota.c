@@ -13,8 +13,12 @@
  *	  inserted with the table AM and index maintenance (no SPI), so they
  *	  commit or vanish with its data.  Appending never waits on a row lock
  *	  and never fails with a serialization error, whatever the isolation
- *	  level.  A transaction that wrote nothing else commits without waiting
- *	  for its WAL flush (tenancy.synchronous_quota_commit).
+ *	  level.  A transaction that wrote nothing else leaves its net deltas
+ *	  waiting in their shared entries instead (committed at once, written
+ *	  to the ledger by a later commit within tenancy.quota_flush_delay, or
+ *	  at the exit of the session), unless tenancy.quota_flush_delay is 0 or
+ *	  tenancy.synchronous_quota_commit on; a commit that writes only
+ *	  bookkeeping does not wait for its WAL flush (commit.c).
  *	- Shared memory caches, per (database, tenant, resource, period start),
  *	  the committed usage plus what transactions in flight have reserved
  *	  (positive deltas, checked against the limit) and are releasing
@@ -27,8 +31,10 @@
  *	  is a spinlock, for a few instructions.
  *	- An entry is created on first use from the sum of its ledger rows,
  *	  read with a fresh snapshot; entries used by transactions in flight
- *	  are pinned and never evicted, so after a restart or a crash usage is
- *	  rebuilt, lazily and exactly, from the ledger.
+ *	  are pinned and entries with deltas waiting are kept, so an entry is
+ *	  never rebuilt without some of its usage, and after a restart usage
+ *	  is rebuilt, lazily and exactly, from the ledger (a crash loses the
+ *	  waiting deltas).
  *	- Limits are cached per backend and looked up again when the shared
  *	  limits generation (shmem.c) moves: the tables of limits and plans
  *	  carry triggers that bump it.
@@ -45,10 +51,12 @@
 #include <math.h>
 
 #include "access/htup_details.h"
+#include "access/parallel.h"
 #include "access/relation.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/namespace.h"
@@ -57,6 +65,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/lmgr.h"
 #include "storage/shmem.h"
@@ -112,6 +121,7 @@ typedef struct QuotaEntry
 	int64		committed;		/* committed usage */
 	int64		reserved;		/* positive deltas in flight */
 	int64		releasing;		/* negative deltas in flight */
+	int64		waiting;		/* committed, not yet in the ledger */
 	int32		pins;			/* records of transactions in flight */
 	uint64		last_used;		/* for eviction */
 } QuotaEntry;
@@ -120,6 +130,8 @@ typedef struct QuotaShared
 {
 	uint64		evictions;		/* under the LWLock */
 	pg_atomic_uint64 clock;		/* use counter, for eviction */
+	pg_atomic_uint32 nwaiting;	/* entries with waiting != 0 */
+	pg_atomic_uint64 waiting_since; /* a delta waits since; 0: none */
 } QuotaShared;
 
 static QuotaShared *quota_shared = NULL;
@@ -149,6 +161,32 @@ static List *purged_tenants = NIL;	/* of pg_uuid_t *, TopMemoryContext */
 static bool callbacks_registered = false;
 static bool bump_at_eoxact = false;
 
+/*
+ * Deltas waiting in shared memory (see ledger_write()).  A commit that
+ * writes them takes them out of their entries, which it pins until it
+ * ends; an abort puts them back.
+ */
+typedef struct Taken
+{
+	QuotaEntry *entry;
+	int64		delta;
+} Taken;
+
+static Taken *taken = NULL;
+static int	ntaken = 0;
+static int	maxtaken = 0;
+
+static bool defer_this_commit = false;	/* its deltas wait in shared memory */
+static bool left_waiting = false;	/* this backend left deltas waiting */
+static bool flush_requested = false;	/* write every waiting delta at commit */
+static bool exit_callback_registered = false;
+
+/* GUC tenancy.quota_flush_delay (defined in guc.c), in ms */
+int			tenancy_guc_quota_flush_delay = 1000;
+
+/* At most this many entries hold waiting deltas; beyond, commits write. */
+#define QUOTA_MAX_WAITING (QUOTA_MAX_ENTRIES / 4)
+
 /* Per-backend cache of limits, valid for one generation. */
 typedef struct LimitKey
 {
@@ -169,6 +207,7 @@ static HTAB *limit_cache = NULL;
 static uint64 limit_cache_gen = 0;
 
 static void quota_xact_callback(XactEvent event, void *arg);
+static void taken_end(bool put_back);
 static void quota_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								   SubTransactionId parentSubid, void *arg);
 
@@ -192,6 +231,8 @@ tenancy_quota_shmem_startup(void)
 	{
 		quota_shared->evictions = 0;
 		pg_atomic_init_u64(&quota_shared->clock, 0);
+		pg_atomic_init_u32(&quota_shared->nwaiting, 0);
+		pg_atomic_init_u64(&quota_shared->waiting_since, 0);
 	}
 	memset(&info, 0, sizeof(info));
 	info.keysize = sizeof(QuotaKey);
@@ -588,7 +629,8 @@ cmp_uint64(const void *a, const void *b)
 /*
  * Remove about a quarter of the unpinned entries, least recently used
  * first.  Caller holds the lock exclusively.  Their usage is in the
- * ledger: they are rebuilt from it when next used.
+ * ledger (entries with deltas waiting to be written are kept): they are
+ * rebuilt from it when next used.
  */
 static void
 evict_entries(void)
@@ -603,7 +645,7 @@ evict_entries(void)
 	ages = palloc(sizeof(uint64) * Max(cap, 1));
 	hash_seq_init(&seq, quota_hash);
 	while ((e = hash_seq_search(&seq)) != NULL)
-		if (e->pins == 0 && n < cap)
+		if (e->pins == 0 && e->waiting == 0 && n < cap)
 			ages[n++] = e->last_used;
 	if (n == 0)
 	{
@@ -615,7 +657,7 @@ evict_entries(void)
 	pfree(ages);
 	hash_seq_init(&seq, quota_hash);
 	while ((e = hash_seq_search(&seq)) != NULL)
-		if (e->pins == 0 && e->last_used <= cutoff)
+		if (e->pins == 0 && e->waiting == 0 && e->last_used <= cutoff)
 			hash_search(quota_hash, &e->key, HASH_REMOVE, NULL);
 	quota_shared->evictions++;
 }
@@ -693,6 +735,7 @@ entry_acquire(const QuotaKey *key)
 		e->committed = sum;
 		e->reserved = 0;
 		e->releasing = 0;
+		e->waiting = 0;
 		e->pins = 1;
 		e->last_used = tick;
 		LWLockRelease(lock);
@@ -715,6 +758,45 @@ entry_peek(const QuotaKey *key, int64 *committed, int64 *reserved)
 	*reserved = e->reserved;
 	e->pins--;
 	SpinLockRelease(&e->mutex);
+}
+
+/*
+ * The resources of a tenant's shared counters in this database that hold
+ * committed usage (some of it may still wait to be written to the ledger).
+ */
+static List *
+shared_resources(const pg_uuid_t *tenant)
+{
+	LWLock	   *lock = tenancy_shmem_lock(TENANCY_LOCK_QUOTA);
+	HASH_SEQ_STATUS seq;
+	QuotaEntry *e;
+	List	   *names = NIL;
+	int			n = 0;
+	char	   *found;
+
+	/* Copy under the lock, allocate after: nothing may fail while held. */
+	found = palloc(TENANCY_RESOURCE_LEN * QUOTA_MAX_ENTRIES);
+	LWLockAcquire(lock, LW_SHARED);
+	hash_seq_init(&seq, quota_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		bool		used;
+
+		if (e->key.dbid != MyDatabaseId ||
+			memcmp(&e->key.tenant, tenant, sizeof(pg_uuid_t)) != 0 ||
+			n >= QUOTA_MAX_ENTRIES)
+			continue;
+		SpinLockAcquire(&e->mutex);
+		used = e->committed != 0 || e->waiting != 0;
+		SpinLockRelease(&e->mutex);
+		if (used)
+			memcpy(found + (Size) n++ * TENANCY_RESOURCE_LEN, e->key.resource, TENANCY_RESOURCE_LEN);
+	}
+	LWLockRelease(lock);
+	for (int i = 0; i < n; i++)
+		names = lappend(names, pstrdup(found + (Size) i * TENANCY_RESOURCE_LEN));
+	pfree(found);
+	return names;
 }
 
 /* ---------- this transaction's records ---------- */
@@ -895,9 +977,29 @@ pending_undo(Pending *p)
 	SpinLockRelease(&e->mutex);
 }
 
-/* Make a record's deltas committed usage and unpin (commit). */
+/*
+ * Add delta to an entry's waiting deltas (caller holds its spinlock),
+ * keeping the count of entries with deltas waiting.
+ */
 static void
-pending_apply(Pending *p, bool reset)
+entry_add_waiting(QuotaEntry *e, int64 delta)
+{
+	bool		was_waiting = e->waiting != 0;
+
+	e->waiting += delta;
+	if (was_waiting && e->waiting == 0)
+		pg_atomic_fetch_sub_u32(&quota_shared->nwaiting, 1);
+	else if (!was_waiting && e->waiting != 0)
+		pg_atomic_fetch_add_u32(&quota_shared->nwaiting, 1);
+}
+
+/*
+ * Make a record's deltas committed usage and unpin (commit).  reset: the
+ * tenant was purged.  waits: the deltas were not written to the ledger by
+ * this commit and wait in the entry.
+ */
+static void
+pending_apply(Pending *p, bool reset, bool waits)
 {
 	QuotaEntry *e = p->entry;
 
@@ -910,6 +1012,8 @@ pending_apply(Pending *p, bool reset)
 		e->committed += p->pos - p->neg;
 	if (e->committed < 0)
 		e->committed = 0;
+	if (waits && !reset)
+		entry_add_waiting(e, p->pos - p->neg);
 	e->pins--;
 	SpinLockRelease(&e->mutex);
 }
@@ -1005,21 +1109,22 @@ ledger_open(void)
 /* GUC tenancy.synchronous_quota_commit (defined in guc.c) */
 bool		tenancy_guc_synchronous_quota_commit = false;
 
+/* A row to append to the ledger. */
+typedef struct LedgerRow
+{
+	const QuotaKey *key;
+	Oid			relid;
+	int64		delta;
+} LedgerRow;
+
 /*
- * PRE_COMMIT: append this transaction's net deltas to the ledger.  It runs
- * inside the transaction, so the deltas commit with the data they count,
- * or not at all.  The rows are formed here and inserted with the table AM
+ * Append rows to the ledger: formed here and inserted with the table AM
  * and the indexes maintained, as the extension's owner: the cost of an
  * INSERT without parsing, planning or an executor (no triggers fire on the
  * ledger).
- *
- * If the transaction had no XID before tenancy's bookkeeping (it wrote
- * nothing else), its commit does not wait for the WAL flush, unless
- * tenancy.synchronous_quota_commit is on: see commit.c and
- * doc/tenancy-quotas.md.
  */
 static void
-ledger_write(void)
+ledger_append(const LedgerRow *rows, int n)
 {
 	AsOwner		s;
 	Relation	rel;
@@ -1029,15 +1134,6 @@ ledger_write(void)
 	MemoryContext oldcxt;
 	Datum		values[LEDGER_NATTS];
 	bool		nulls[LEDGER_NATTS];
-	int			n = 0;
-
-	for (int i = 0; i < npending; i++)
-		if (pending[i].pos != pending[i].neg && !tenant_purged(&pending[i].entry->key.tenant))
-			n++;
-	if (n == 0)
-		return;
-	PreventCommandIfReadOnly("INSERT");
-	tenancy_commit_write_begin();
 
 	owner_switch(&s);
 	rel = ledger_open();
@@ -1049,18 +1145,16 @@ ledger_write(void)
 	slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
 	memset(nulls, false, sizeof(nulls));
 	values[Anum_ledger_recorded_at - 1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-	for (int i = 0; i < npending; i++)
+	for (int i = 0; i < n; i++)
 	{
-		Pending    *p = &pending[i];
+		const LedgerRow *r = &rows[i];
 
-		if (p->pos == p->neg || tenant_purged(&p->entry->key.tenant))
-			continue;
-		values[Anum_ledger_tenant_id - 1] = UUIDPGetDatum(&p->entry->key.tenant);
-		values[Anum_ledger_resource - 1] = CStringGetTextDatum(p->entry->key.resource);
-		values[Anum_ledger_period_start - 1] = TimestampTzGetDatum(p->entry->key.period_start);
-		values[Anum_ledger_relid - 1] = ObjectIdGetDatum(p->relid);
-		nulls[Anum_ledger_relid - 1] = !OidIsValid(p->relid);
-		values[Anum_ledger_delta - 1] = Int64GetDatum(p->pos - p->neg);
+		values[Anum_ledger_tenant_id - 1] = UUIDPGetDatum(&r->key->tenant);
+		values[Anum_ledger_resource - 1] = CStringGetTextDatum(r->key->resource);
+		values[Anum_ledger_period_start - 1] = TimestampTzGetDatum(r->key->period_start);
+		values[Anum_ledger_relid - 1] = ObjectIdGetDatum(r->relid);
+		nulls[Anum_ledger_relid - 1] = !OidIsValid(r->relid);
+		values[Anum_ledger_delta - 1] = Int64GetDatum(r->delta);
 		ExecStoreHeapTuple(heap_form_tuple(RelationGetDescr(rel), values, nulls), slot, true);
 		simple_table_tuple_insert(rel, slot);
 		if (rri->ri_NumIndices > 0)
@@ -1073,6 +1167,251 @@ ledger_write(void)
 	FreeExecutorState(estate);
 	table_close(rel, NoLock);
 	owner_restore(&s);
+}
+
+/* ---------- deltas waiting in shared memory ---------- */
+
+/*
+ * A commit that changed nothing but quota usage (no XID, or only tenancy
+ * bookkeeping that may be lost) leaves its net deltas waiting in their
+ * shared entries instead of appending ledger rows: its usage is committed
+ * and visible to every session at once, and its commit writes nothing.
+ * Some commit writes the waiting deltas of the database to the ledger
+ * within about tenancy.quota_flush_delay: the first commit (of any session
+ * of the database, any transaction that may write) after that delay, a
+ * session that left deltas waiting when it exits, and tenancy._usage_flush()
+ * (rollup_usage()).  An entry with deltas waiting is never evicted, so an
+ * entry built from the ledger always is the committed usage.  A crash
+ * loses the waiting deltas (doc/tenancy-quotas.md).
+ */
+
+static void
+quota_exit_flush(void)
+{
+	flush_requested = true;
+}
+
+static void
+quota_exit_callback(int code, Datum arg)
+{
+	if (left_waiting || ntaken > 0)
+		tenancy_exit_transaction(quota_exit_flush);
+}
+
+/* Can this commit leave its n deltas waiting in shared memory? */
+static bool
+commit_may_wait(int n)
+{
+	return tenancy_guc_quota_flush_delay > 0 &&
+		!tenancy_guc_synchronous_quota_commit &&
+		!XactReadOnly &&
+		purged_tenants == NIL &&
+		!IsParallelWorker() &&
+		tenancy_commit_only_bookkeeping() &&
+		pg_atomic_read_u32(&quota_shared->nwaiting) + n <= QUOTA_MAX_WAITING;
+}
+
+/*
+ * Note that deltas wait (from now, unless some already did), and if mine,
+ * that this backend left them (it writes them at exit).
+ */
+static void
+note_waiting(bool mine)
+{
+	uint64		none = 0;
+
+	if (pg_atomic_read_u64(&quota_shared->waiting_since) == 0)
+		(void) pg_atomic_compare_exchange_u64(&quota_shared->waiting_since, &none,
+											  (uint64) GetCurrentTransactionStartTimestamp());
+	if (!mine)
+		return;
+	if (!exit_callback_registered)
+	{
+		before_shmem_exit(quota_exit_callback, (Datum) 0);
+		exit_callback_registered = true;
+	}
+	left_waiting = true;
+}
+
+/*
+ * May this commit write the waiting deltas?  Any transaction that may
+ * write, in a session (no parallel or autovacuum worker), except a
+ * serializable one: a user's serializable transaction should not risk a
+ * serialization failure over tenancy's bookkeeping (it writes its own
+ * deltas, though).
+ */
+static bool
+may_take_waiting(void)
+{
+	return (MyBackendType == B_BACKEND || MyBackendType == B_BG_WORKER) &&
+		!XactReadOnly && !IsolationIsSerializable() &&
+		!RecoveryInProgress() && !IsParallelWorker();
+}
+
+/*
+ * Should this commit write the waiting deltas?  When asked to, or when
+ * some have waited tenancy.quota_flush_delay: then the first commit to
+ * claim them (by clearing waiting_since) does.
+ */
+static bool
+flush_due(void)
+{
+	uint64		since = pg_atomic_read_u64(&quota_shared->waiting_since);
+
+	if (flush_requested)
+		return true;
+	if (since == 0 ||
+		!TimestampDifferenceExceeds((TimestampTz) since,
+									GetCurrentTransactionStartTimestamp(),
+									tenancy_guc_quota_flush_delay))
+		return false;
+	return pg_atomic_compare_exchange_u64(&quota_shared->waiting_since, &since, 0);
+}
+
+/*
+ * Take every waiting delta of this database out of its entry, which stays
+ * pinned until this transaction ends.  Waiting deltas of other databases
+ * are left to their sessions, who are told to write them a delay later.
+ * When the ledger is gone (the extension was dropped), the deltas are
+ * dropped.
+ */
+static void
+waiting_take_all(void)
+{
+	LWLock	   *lock = tenancy_shmem_lock(TENANCY_LOCK_QUOTA);
+	HASH_SEQ_STATUS seq;
+	QuotaEntry *e;
+	bool		others = false;
+	int			room = ntaken + (int) pg_atomic_read_u32(&quota_shared->nwaiting) + 64;
+
+	/* Room first: nothing may fail once deltas leave shared memory. */
+	if (room > maxtaken)
+	{
+		if (taken == NULL)
+			taken = MemoryContextAlloc(TopMemoryContext, sizeof(Taken) * room);
+		else
+			taken = repalloc(taken, sizeof(Taken) * room);
+		maxtaken = room;
+	}
+	left_waiting = false;
+	LWLockAcquire(lock, LW_SHARED);
+	hash_seq_init(&seq, quota_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		SpinLockAcquire(&e->mutex);
+		if (e->waiting != 0 && e->key.dbid != MyDatabaseId)
+			others = true;
+		else if (e->waiting != 0 && ntaken < maxtaken)
+		{
+			taken[ntaken].entry = e;
+			taken[ntaken].delta = e->waiting;
+			ntaken++;
+			entry_add_waiting(e, -e->waiting);
+			e->pins++;
+		}
+		SpinLockRelease(&e->mutex);
+	}
+	LWLockRelease(lock);
+	if (others)
+		note_waiting(false);
+	if (ntaken > 0 && !OidIsValid(tenancy_relation_oid("quota_ledger", true)))
+		taken_end(false);
+}
+
+/*
+ * This transaction ends: unpin the entries of the deltas it took, putting
+ * the deltas back if it did not write them (abort).
+ */
+static void
+taken_end(bool put_back)
+{
+	for (int i = 0; i < ntaken; i++)
+	{
+		QuotaEntry *e = taken[i].entry;
+
+		SpinLockAcquire(&e->mutex);
+		if (put_back)
+			entry_add_waiting(e, taken[i].delta);
+		e->pins--;
+		SpinLockRelease(&e->mutex);
+	}
+	if (put_back && ntaken > 0)
+		note_waiting(true);
+	ntaken = 0;
+}
+
+/* tenancy._usage_flush(): this transaction writes every waiting delta. */
+void
+tenancy_quota_request_flush(void)
+{
+	if (quota_shared != NULL)
+	{
+		quota_register_callbacks();
+		flush_requested = true;
+	}
+}
+
+/*
+ * PRE_COMMIT: append this transaction's net deltas to the ledger (one row
+ * per record whose net change is not zero).  It runs inside the
+ * transaction, so the deltas commit with the data they count, or not at
+ * all.  If the transaction changed nothing else, its deltas wait in shared
+ * memory instead (above); with tenancy.quota_flush_delay = 0 or
+ * tenancy.synchronous_quota_commit on they are written here.
+ *
+ * When due, the waiting deltas of the database are written too.  If the
+ * transaction had no XID before tenancy's bookkeeping (it wrote nothing
+ * else), its commit does not wait for the WAL flush, unless
+ * tenancy.synchronous_quota_commit is on: see commit.c and
+ * doc/tenancy-quotas.md.
+ */
+static void
+ledger_write(void)
+{
+	LedgerRow  *rows;
+	int			n = 0;
+	int			k = 0;
+	TenancySeenTenant seen = {0};
+
+	for (int i = 0; i < npending; i++)
+		if (pending[i].pos != pending[i].neg && !tenant_purged(&pending[i].entry->key.tenant))
+			n++;
+	if (n > 0 && !flush_requested && commit_may_wait(n))
+	{
+		defer_this_commit = true;
+		return;
+	}
+	if (may_take_waiting() && flush_due())
+		waiting_take_all();
+	if (n + ntaken == 0)
+		return;
+	PreventCommandIfReadOnly("INSERT");
+	tenancy_commit_write_begin();
+
+	rows = palloc(sizeof(LedgerRow) * (n + ntaken));
+	for (int i = 0; i < npending; i++)
+	{
+		Pending    *p = &pending[i];
+
+		if (p->pos == p->neg || tenant_purged(&p->entry->key.tenant))
+			continue;
+		rows[k].key = &p->entry->key;
+		rows[k].relid = p->relid;
+		rows[k].delta = p->pos - p->neg;
+		k++;
+	}
+	for (int i = 0; i < ntaken; i++)
+	{
+		if (!tenancy_tenant_exists_seen(&taken[i].entry->key.tenant, &seen))
+			continue;
+		rows[k].key = &taken[i].entry->key;
+		rows[k].relid = InvalidOid;
+		rows[k].delta = taken[i].delta;
+		k++;
+	}
+	if (k > 0)
+		ledger_append(rows, k);
+	pfree(rows);
 
 	tenancy_commit_write_end(!tenancy_guc_synchronous_quota_commit);
 }
@@ -1093,6 +1432,7 @@ reset_purged_entries(void)
 			continue;
 		SpinLockAcquire(&e->mutex);
 		e->committed = 0;
+		entry_add_waiting(e, -e->waiting);
 		SpinLockRelease(&e->mutex);
 		if (e->pins == 0)
 			hash_search(quota_hash, &e->key, HASH_REMOVE, NULL);
@@ -1120,15 +1460,24 @@ quota_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			for (int i = 0; i < npending; i++)
-				pending_apply(&pending[i], tenant_purged(&pending[i].entry->key.tenant));
+				pending_apply(&pending[i], tenant_purged(&pending[i].entry->key.tenant),
+							  defer_this_commit);
+			if (defer_this_commit)
+				note_waiting(true);
+			taken_end(false);
 			if (purged_tenants != NIL)
 				reset_purged_entries();
 			/* fall through */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+			{
 				for (int i = 0; i < npending; i++)
 					pending_undo(&pending[i]);
+				taken_end(true);
+			}
+			defer_this_commit = false;
+			flush_requested = false;
 			if (npending > 0)
 				pending_version++;
 			npending = 0;
@@ -1698,11 +2047,15 @@ tenancy_quota_usage(PG_FUNCTION_ARGS)
 	}
 	as_owner_end(&s);
 
-	/* this transaction's own counters not yet in the ledger */
+	/*
+	 * Counters not (yet) in the ledger: this transaction's own, and those
+	 * whose committed deltas wait in shared memory.
+	 */
 	for (int i = 0; i < npending; i++)
 		if (memcmp(&pending[i].entry->key.tenant, &tenant, sizeof(pg_uuid_t)) == 0 &&
 			pending[i].entry->key.dbid == MyDatabaseId)
 			names = lappend(names, pstrdup(pending[i].entry->key.resource));
+	names = list_concat(names, shared_resources(&tenant));
 
 	foreach(lc, names)
 	{

@@ -81,6 +81,15 @@ extern bool tenancy_fetch_unique(Oid relid, Oid indexid, AttrNumber attno,
 								 void (*convert) (HeapTuple tuple, TupleDesc desc, void *out),
 								 void *out);
 extern bool tenancy_tenant_lookup(const pg_uuid_t *id, TenancyTenant *out);
+
+/* The last tenant tenancy_tenant_exists_seen() looked up. */
+typedef struct TenancySeenTenant
+{
+	bool		valid;
+	bool		exists;
+	pg_uuid_t	id;
+} TenancySeenTenant;
+extern bool tenancy_tenant_exists_seen(const pg_uuid_t *id, TenancySeenTenant *seen);
 extern void tenancy_tenant_resolve(const char *tenant, TenancyTenant *out);
 extern bool tenancy_tenant_try_resolve(const char *tenant, TenancyTenant *out);
 
@@ -104,6 +113,8 @@ extern Size tenancy_quota_shmem_size(void);
 extern void tenancy_quota_shmem_startup(void);
 extern void tenancy_quota_init(void);
 extern bool tenancy_guc_synchronous_quota_commit;
+extern int	tenancy_guc_quota_flush_delay;
+extern void tenancy_quota_request_flush(void);
 extern void tenancy_quota_resource_arg(FunctionCallInfo fcinfo, int argno,
 									   char *out);
 extern bool tenancy_quota_tenant_arg(FunctionCallInfo fcinfo, int argno,
@@ -165,6 +176,8 @@ extern void tenancy_keyperm_init(void);
 extern void tenancy_commit_init(void);
 extern void tenancy_commit_write_begin(void);
 extern void tenancy_commit_write_end(bool may_be_lost);
+extern bool tenancy_commit_only_bookkeeping(void);
+extern void tenancy_exit_transaction(void (*work) (void));
 
 /* usage.c: usage metering */
 #define TENANCY_RESOURCE_MAXLEN 255	/* bytes of a resource name */

@@ -73,6 +73,27 @@ tenancy_relation_oid(const char *relname, bool missing_ok)
 	return relid;
 }
 
+/*
+ * Does a tenant exist?  Usage and quota deltas written after the fact (a
+ * purge meters the rows it deletes, carried denial records and waiting
+ * deltas may be written after their tenant was purged) are dropped for a
+ * tenant that no longer exists.  seen remembers the last answer: one
+ * look-up per run of one tenant.
+ */
+bool
+tenancy_tenant_exists_seen(const pg_uuid_t *id, TenancySeenTenant *seen)
+{
+	TenancyTenant t;
+
+	if (!seen->valid || memcmp(&seen->id, id, sizeof(pg_uuid_t)) != 0)
+	{
+		seen->exists = tenancy_tenant_lookup(id, &t);
+		memcpy(&seen->id, id, sizeof(pg_uuid_t));
+		seen->valid = true;
+	}
+	return seen->exists;
+}
+
 /* A tenants row as stored: status before expiry is applied. */
 typedef struct TenantRow
 {

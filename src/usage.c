@@ -650,33 +650,6 @@ rel_owner(Oid relid)
 	return owner;
 }
 
-/* The last tenant usage_tenant_exists() looked up. */
-typedef struct SeenTenant
-{
-	bool		valid;
-	bool		exists;
-	pg_uuid_t	id;
-} SeenTenant;
-
-/*
- * Usage of a tenant that no longer exists is dropped: a purge meters the
- * rows it deletes, and carried denial records may be written after their
- * tenant was purged.  One index look-up per distinct tenant in a row.
- */
-static bool
-usage_tenant_exists(const pg_uuid_t *id, SeenTenant *seen)
-{
-	TenancyTenant t;
-
-	if (!seen->valid || memcmp(&seen->id, id, sizeof(pg_uuid_t)) != 0)
-	{
-		seen->exists = tenancy_tenant_lookup(id, &t);
-		memcpy(&seen->id, id, sizeof(pg_uuid_t));
-		seen->valid = true;
-	}
-	return seen->exists;
-}
-
 /*
  * Write this transaction's sums and, if take_waiting, every waiting sum of
  * this database, in one INSERT, as the owner of tenancy.usage_events.  Only
@@ -697,7 +670,7 @@ usage_flush(bool take_waiting)
 	HASH_SEQ_STATUS status;
 	PendingEntry *entry;
 	TimestampTz xact_start = GetCurrentTransactionStartTimestamp();
-	SeenTenant	seen = {0};
+	TenancySeenTenant seen = {0};
 
 	if (GetCurrentTransactionNestLevel() != 1 || IsParallelWorker() ||
 		XactReadOnly || RecoveryInProgress())
@@ -732,12 +705,12 @@ usage_flush(bool take_waiting)
 	{
 		hash_seq_init(&status, pending);
 		while ((entry = hash_seq_search(&status)) != NULL)
-			if (entry->amount != 0 && usage_tenant_exists(&entry->key.tenant, &seen))
+			if (entry->amount != 0 && tenancy_tenant_exists_seen(&entry->key.tenant, &seen))
 				usage_rows_add(&rows, &entry->key.tenant, entry->key.resource, xact_start,
 							   entry->amount);
 	}
 	for (i = nwritten; i < ntaken; i++)
-		if (taken[i].sum.amount > 0 && usage_tenant_exists(&taken[i].key.tenant, &seen))
+		if (taken[i].sum.amount > 0 && tenancy_tenant_exists_seen(&taken[i].key.tenant, &seen))
 			usage_rows_add(&rows, &taken[i].key.tenant, taken[i].key.resource,
 						   taken[i].first_at, taken[i].sum.amount);
 
@@ -757,7 +730,7 @@ usage_flush(bool take_waiting)
 			/*
 			 * No EXISTS test on tenancy.tenants here: its generic plan
 			 * hashes a sequential scan of every tenant at each commit
-			 * (usage_tenant_exists() does the test above).
+			 * (tenancy_tenant_exists_seen() does the test above).
 			 */
 			plan = SPI_prepare("INSERT INTO tenancy.usage_events (tenant_id, resource, at, amount) "
 							   "SELECT e.t, e.r, e.a, e.m "
@@ -788,27 +761,17 @@ usage_flush(bool take_waiting)
  * removed at exit).
  */
 static void
+usage_exit_flush(void)
+{
+	(void) usage_flush(true);
+}
+
+static void
 usage_exit_callback(int code, Datum arg)
 {
 	if (added_since == 0 && ntaken == 0)
 		return;
-	AbortOutOfAnyTransaction();
-	if (!IsUnderPostmaster || !OidIsValid(MyDatabaseId) || MyProc == NULL ||
-		RecoveryInProgress())
-		return;
-	PG_TRY();
-	{
-		StartTransactionCommand();
-		(void) usage_flush(true);
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		EmitErrorReport();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-	}
-	PG_END_TRY();
+	tenancy_exit_transaction(usage_exit_flush);
 }
 
 static void
@@ -1066,6 +1029,7 @@ tenancy_usage_flush(PG_FUNCTION_ARGS)
 {
 	require_shmem();
 	(void) usage_flush(true);
+	tenancy_quota_request_flush();
 	PG_RETURN_VOID();
 }
 

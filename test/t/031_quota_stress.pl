@@ -153,5 +153,85 @@ ok($samples > 0 && $max <= 300, "the committed row count sampled $samples times 
 $node->restart;
 check_invariants('after restart', 300, 400);
 
+# Phase 3: quota-only transactions, whose deltas wait in shared memory
+# (tenancy.quota_flush_delay, 20ms here so that commits write them all
+# along, racing with the commits that add more).  Consumptions alone, with
+# rollbacks: the counter fills up to its limit exactly.
+$node->safe_psql('postgres', q{
+SELECT tenancy.set_plan_quota('free', 'solo', 150);
+CREATE FUNCTION solo_consume(n int) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM tenancy.consume_quota('solo', n);
+    RETURN true;
+EXCEPTION WHEN SQLSTATE 'TQ001' THEN
+    RETURN false;
+END $$;});
+my $solo = q{
+\set r random(1, 10)
+BEGIN;
+SELECT solo_consume(1);
+\if :r <= 3
+ROLLBACK;
+\else
+COMMIT;
+\endif
+};
+sub solo_state
+{
+	return $node->safe_psql('postgres', qq{
+SET app.tenant_id = '$tid';
+SELECT (SELECT used FROM tenancy.check_quota('solo')) || ' ' ||
+       (SELECT coalesce(sum(delta), 0) FROM tenancy.quota_ledger WHERE resource = 'solo')});
+}
+{
+	local $ENV{PGOPTIONS} = "-c app.tenant_id=$tid -c tenancy.quota_flush_delay=20ms";
+	$node->pgbench('--no-vacuum --client=6 --jobs=2 --transactions=80',
+		0, [qr{processed: 480/480}], [qr{^$}], 'pgbench, quota-only consumptions',
+		{ 'quota_stress_solo' => $solo });
+}
+like(solo_state(), qr/^150 /, 'quota only: filled up to the limit exactly, at once for every session');
+$node->restart;
+is(solo_state(), '150 150', 'quota only: the waiting deltas were written, once (exit and shutdown)');
+
+# Consumptions and releases mixed: within the limit, and the ledger agrees
+# after a restart.
+my $solo_mixed = q{
+\set r random(1, 10)
+\set n random(1, 3)
+BEGIN;
+SELECT solo_consume(:n);
+\if :r <= 4
+SELECT tenancy.release_quota('solo', :n + 1);
+\endif
+\if :r = 10
+ROLLBACK;
+\else
+COMMIT;
+\endif
+};
+{
+	local $ENV{PGOPTIONS} = "-c app.tenant_id=$tid -c tenancy.quota_flush_delay=20ms";
+	$node->pgbench('--no-vacuum --client=6 --jobs=2 --transactions=80',
+		0, [qr{processed: 480/480}], [qr{^$}], 'pgbench, quota-only consumptions and releases',
+		{ 'quota_stress_solo_mixed' => $solo_mixed });
+}
+my ($solo_used) = split / /, solo_state();
+ok($solo_used >= 0 && $solo_used <= 150, "quota only, mixed: within the limit ($solo_used)");
+$node->restart;
+is(solo_state(), "$solo_used $solo_used", 'quota only, mixed: the ledger agrees after a restart');
+
+# A session that leaves deltas waiting writes them when it exits, whatever
+# its transaction defaults by then.
+$node->safe_psql('postgres', qq{
+SET app.tenant_id = '$tid';
+SET tenancy.quota_flush_delay = '60s';
+SELECT tenancy.consume_quota('solo', 0), tenancy.release_quota('solo', 1);
+SET default_transaction_isolation = serializable;
+SET default_transaction_read_only = on;});
+my $expect = $solo_used > 0 ? $solo_used - 1 : 0;
+ok($node->poll_query_until('postgres',
+		"SELECT coalesce(sum(delta), 0) FROM tenancy.quota_ledger WHERE resource = 'solo'", $expect),
+	'a session that exits writes the deltas it left waiting');
+
 $node->stop;
 done_testing();

@@ -7,6 +7,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use TenancyCrash;
 
 my $node = PostgreSQL::Test::Cluster->new('quota_crash');
 $node->init;
@@ -66,16 +69,11 @@ $bg->query_safe("SET app.tenant_id = '$tid'");
 $bg->query_safe('BEGIN');
 $bg->query_safe(q{INSERT INTO c_rows (body) SELECT 'k' || g FROM generate_series(1, 8) g});
 $bg->query_safe(q{SELECT tenancy.consume_quota('jobs', 8)});
-my $pid = $bg->query_safe('SELECT pg_backend_pid()');
-chomp $pid;
 my ($ret, $out, $err) = $node->psql('postgres', qq{
 SET app.tenant_id = '$tid';
 INSERT INTO c_rows (body) VALUES ('blocked');});
 like($err, qr/quota exceeded/, 'while the reservations are held, another session is refused at once');
-kill 'KILL', $pid;
-$bg->quit;
-$node->poll_query_until('postgres', 'SELECT 1', '1')
-  or die 'the server did not come back after the crash';
+TenancyCrash::kill_backend($node, $bg);
 ok(1, 'the server restarted after SIGKILL of a backend');
 is(state_of($tid), '2 2 2 2', 'after the crash, usage is the committed state: nothing of the killed transaction');
 is(state_of($other), '4 4 4 0', "another tenant's usage is intact");
@@ -96,12 +94,7 @@ $node->safe_psql('postgres', qq{
 SET app.tenant_id = '$tid';
 DELETE FROM c_rows WHERE body LIKE 'n%';});
 $bg = $node->background_psql('postgres', on_error_stop => 0);
-$pid = $bg->query_safe('SELECT pg_backend_pid()');
-chomp $pid;
-kill 'KILL', $pid;
-$bg->quit;
-$node->poll_query_until('postgres', 'SELECT 1', '1')
-  or die 'the server did not come back after the crash';
+TenancyCrash::kill_backend($node, $bg);
 is(state_of($tid), '2 2 2 10', 'after another crash restart, usage equals the committed rows');
 
 # TRUNCATE by an administrator resets every tenant's rows.
@@ -166,6 +159,30 @@ is($node->safe_psql('postgres', qq{
 SET app.tenant_id = '$tid';
 SELECT count(*) FROM generate_series(1, 20) g WHERE tenancy.check_rate('r' || g)
   AND pg_sleep(0.001) IS NOT NULL}), '20', 'buckets that refilled make room for new ones');
+
+# Quota-only deltas waiting in shared memory (tenancy.quota_flush_delay)
+# are lost in a crash, whole transactions of them and never more than was
+# committed; what was written to the ledger stays.
+sub waiting_state
+{
+	return $node->safe_psql('postgres', qq{
+SET app.tenant_id = '$tid';
+SELECT (SELECT used FROM tenancy.check_quota('wjobs')) || ' ' ||
+       (SELECT coalesce(sum(delta), 0) FROM tenancy.quota_ledger
+         WHERE tenant_id = '$tid' AND resource = 'wjobs')});
+}
+$node->safe_psql('postgres', qq{
+SET app.tenant_id = '$tid';
+SELECT tenancy.consume_quota('wjobs', 4);
+SELECT FROM tenancy._usage_flush();});
+my $waiter = $node->background_psql('postgres');
+$waiter->query_safe("SET app.tenant_id = '$tid'");
+$waiter->query_safe("SET tenancy.quota_flush_delay = '60s'");
+$waiter->query_safe("SELECT tenancy.consume_quota('wjobs', 3)");
+$waiter->query_safe("SELECT tenancy.release_quota('wjobs', 1)");
+is(waiting_state(), '6 4', 'two quota-only commits wait in shared memory, counted');
+TenancyCrash::kill_backend($node, $waiter);
+is(waiting_state(), '4 4', 'after a crash: the waiting deltas are lost, the written ones stay');
 
 # Without the library preloaded, every entry point says so (55000).
 $node->append_conf('postgresql.conf', "shared_preload_libraries = ''");

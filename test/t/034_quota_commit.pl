@@ -96,13 +96,27 @@ SET app.tenant_id = '$tid'; SELECT used FROM tenancy.check_quota('jobs')});
 is(commit_waits('INSERT INTO sc_plain VALUES (1);'), 1, 'a plain INSERT waits for the standby');
 is(commit_waits('SELECT 1;'), 0, 'a read-only transaction does not');
 
-# A transaction that only gives quota back: no wait, and its ledger row is
-# there.
+# A transaction that only gives quota back: no wait; its delta waits in
+# shared memory (tenancy.quota_flush_delay), counted at once.
+$bg->query_safe("SET tenancy.quota_flush_delay = '60s'");
 my $rows = ledger_rows();
 is(commit_waits(q{SELECT tenancy.release_quota('jobs', 2);}), 0,
 	'release_quota alone: the commit does not wait for the flush');
-is(ledger_rows(), $rows + 1, 'its ledger row is written');
+is(ledger_rows(), $rows, 'its delta waits: no ledger row yet');
 is(used(), '8', 'and counted after commit');
+# The commit that writes the waiting deltas (they could have been lost in
+# a crash anyway): no wait either.
+is(commit_waits(q{SELECT FROM tenancy._usage_flush();}), 0,
+	'a commit that only writes the waiting quota deltas: no wait');
+is(ledger_rows(), $rows + 1, 'and the ledger row is written');
+# With tenancy.quota_flush_delay = 0 the transaction writes its own row:
+# still no wait.
+$bg->query_safe('SET tenancy.quota_flush_delay = 0');
+is(commit_waits(q{SELECT tenancy.consume_quota('jobs', 1);}), 0,
+	'with tenancy.quota_flush_delay = 0, a quota only commit does not wait');
+is(ledger_rows(), $rows + 2, 'and it wrote its ledger row');
+$bg->query_safe("SELECT tenancy.release_quota('jobs', 1)");
+$bg->query_safe('RESET tenancy.quota_flush_delay');
 is($bg->query_safe('SHOW synchronous_commit'), 'on', 'synchronous_commit is on again after it');
 is(commit_waits('INSERT INTO sc_plain VALUES (2);'), 1,
 	'the next plain write in the same session waits again');
@@ -169,6 +183,7 @@ $bg->quit;
 # that cached it: VACUUM FULL, then DROP and CREATE EXTENSION.
 my ($ret, $out, $err) = $node->psql('postgres', qq{
 SET client_min_messages = warning;
+SET tenancy.quota_flush_delay = 0;
 SET app.tenant_id = '$tid';
 SELECT tenancy.release_quota('jobs', 1);
 VACUUM FULL tenancy.quota_ledger;

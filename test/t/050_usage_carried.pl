@@ -7,6 +7,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use TenancyCrash;
 
 my $node = PostgreSQL::Test::Cluster->new('usage_carried');
 $node->init;
@@ -120,12 +123,7 @@ $bg = $node->background_psql('postgres', on_error_stop => 0);
 $bg->query_safe("SET tenancy.usage_flush_delay = '60s'");
 $bg->query_safe("SELECT tenancy.record_usage('lost', 4, 'acme')");
 is(usage_of('lost'), '4', 'visible before the crash');
-my $pid = $bg->query_safe('SELECT pg_backend_pid()');
-chomp $pid;
-kill 'KILL', $pid;
-$bg->quit;
-$node->poll_query_until('postgres', 'SELECT 1', '1')
-  or die 'the server did not come back after the crash';
+TenancyCrash::kill_backend($node, $bg);
 is(usage_of('lost'), '0', 'a crash loses the usage that was waiting in memory');
 is(usage_of('waiting'), '7', 'and only that');
 
