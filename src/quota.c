@@ -771,11 +771,8 @@ shared_resources(const pg_uuid_t *tenant)
 	HASH_SEQ_STATUS seq;
 	QuotaEntry *e;
 	List	   *names = NIL;
-	int			n = 0;
-	char	   *found;
 
-	/* Copy under the lock, allocate after: nothing may fail while held. */
-	found = palloc(TENANCY_RESOURCE_LEN * QUOTA_MAX_ENTRIES);
+	/* (an error while the LWLock is held releases it: palloc is fine) */
 	LWLockAcquire(lock, LW_SHARED);
 	hash_seq_init(&seq, quota_hash);
 	while ((e = hash_seq_search(&seq)) != NULL)
@@ -783,19 +780,15 @@ shared_resources(const pg_uuid_t *tenant)
 		bool		used;
 
 		if (e->key.dbid != MyDatabaseId ||
-			memcmp(&e->key.tenant, tenant, sizeof(pg_uuid_t)) != 0 ||
-			n >= QUOTA_MAX_ENTRIES)
+			memcmp(&e->key.tenant, tenant, sizeof(pg_uuid_t)) != 0)
 			continue;
 		SpinLockAcquire(&e->mutex);
 		used = e->committed != 0 || e->waiting != 0;
 		SpinLockRelease(&e->mutex);
 		if (used)
-			memcpy(found + (Size) n++ * TENANCY_RESOURCE_LEN, e->key.resource, TENANCY_RESOURCE_LEN);
+			names = lappend(names, pstrdup(e->key.resource));
 	}
 	LWLockRelease(lock);
-	for (int i = 0; i < n; i++)
-		names = lappend(names, pstrdup(found + (Size) i * TENANCY_RESOURCE_LEN));
-	pfree(found);
 	return names;
 }
 
