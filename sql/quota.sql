@@ -306,6 +306,9 @@ SELECT resource, used FROM tenancy.quota_usage('q-acme') ORDER BY 1;
 -- once, test/isolation/specs/quota_deferred.spec), and a later commit
 -- writes them, one row per counter whose net change is not zero (relid
 -- NULL for an explicit counter).
+-- (nothing waits now; this session writes waiting deltas only when asked)
+SELECT FROM tenancy._usage_flush();
+SET tenancy.quota_flush_delay = '60s';
 SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
 BEGIN;
 SELECT tenancy.consume_quota('ledger_a', 3);

@@ -1205,6 +1205,20 @@ commit_may_wait(int n)
 }
 
 /*
+ * Before this backend may leave deltas waiting (at PRE_COMMIT: this may
+ * fail, which it must not at COMMIT or ABORT).
+ */
+static void
+ensure_exit_callback(void)
+{
+	if (!exit_callback_registered)
+	{
+		before_shmem_exit(quota_exit_callback, (Datum) 0);
+		exit_callback_registered = true;
+	}
+}
+
+/*
  * Note that deltas wait (from now, unless some already did), and if mine,
  * that this backend left them (it writes them at exit).
  */
@@ -1216,14 +1230,8 @@ note_waiting(bool mine)
 	if (pg_atomic_read_u64(&quota_shared->waiting_since) == 0)
 		(void) pg_atomic_compare_exchange_u64(&quota_shared->waiting_since, &none,
 											  (uint64) GetCurrentTransactionStartTimestamp());
-	if (!mine)
-		return;
-	if (!exit_callback_registered)
-	{
-		before_shmem_exit(quota_exit_callback, (Datum) 0);
-		exit_callback_registered = true;
-	}
-	left_waiting = true;
+	if (mine)
+		left_waiting = true;
 }
 
 /*
@@ -1278,6 +1286,7 @@ waiting_take_all(void)
 	int			room = ntaken + (int) pg_atomic_read_u32(&quota_shared->nwaiting) + 64;
 
 	/* Room first: nothing may fail once deltas leave shared memory. */
+	ensure_exit_callback();
 	if (room > maxtaken)
 	{
 		if (taken == NULL)
@@ -1371,6 +1380,7 @@ ledger_write(void)
 			n++;
 	if (n > 0 && !flush_requested && commit_may_wait(n))
 	{
+		ensure_exit_callback();
 		defer_this_commit = true;
 		return;
 	}

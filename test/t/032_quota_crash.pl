@@ -17,6 +17,8 @@ $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'tenancy,pg_cron'
 cron.database_name = 'postgres'
 restart_after_crash = on
+# quota-only deltas wait until written on purpose (or at exit)
+tenancy.quota_flush_delay = '60s'
 });
 $node->start;
 $node->safe_psql('postgres', q{
@@ -177,7 +179,6 @@ SELECT tenancy.consume_quota('wjobs', 4);
 SELECT FROM tenancy._usage_flush();});
 my $waiter = $node->background_psql('postgres');
 $waiter->query_safe("SET app.tenant_id = '$tid'");
-$waiter->query_safe("SET tenancy.quota_flush_delay = '60s'");
 $waiter->query_safe("SELECT tenancy.consume_quota('wjobs', 3)");
 $waiter->query_safe("SELECT tenancy.release_quota('wjobs', 1)");
 is(waiting_state(), '6 4', 'two quota-only commits wait in shared memory, counted');

@@ -28,6 +28,9 @@ shared_preload_libraries = 'tenancy,pg_cron'
 cron.database_name = 'postgres'
 synchronous_standby_names = 'regress_nobody'
 synchronous_commit = local
+# quota-only deltas wait until written on purpose (or at exit), so that
+# what the probes see does not depend on the machine's speed
+tenancy.quota_flush_delay = '60s'
 });
 $node->start;
 $node->safe_psql('postgres', q{
@@ -185,10 +188,10 @@ my ($ret, $out, $err) = $node->psql('postgres', qq{
 SET client_min_messages = warning;
 SET tenancy.quota_flush_delay = 0;
 SET app.tenant_id = '$tid';
-SELECT tenancy.release_quota('jobs', 1);
+SELECT tenancy.consume_quota('vf', 1);
 VACUUM FULL tenancy.quota_ledger;
-SELECT tenancy.release_quota('jobs', 1);
-SELECT count(*) FROM tenancy.quota_ledger WHERE resource = 'jobs' AND delta = -1;
+SELECT tenancy.consume_quota('vf', 1);
+SELECT count(*) FROM tenancy.quota_ledger WHERE resource = 'vf';
 DROP EXTENSION tenancy CASCADE;
 CREATE EXTENSION tenancy;
 SELECT tenancy.create_tenant('again') IS NOT NULL;
@@ -196,7 +199,7 @@ SELECT set_config('app.tenant_id', tenancy.tenant_id('again')::text, false) IS N
 SELECT tenancy.consume_quota('jobs', 3);
 SELECT resource || ' ' || delta || ' ' || (relid IS NULL) FROM tenancy.quota_ledger;});
 is($err, '', 'no error after VACUUM FULL and re-creating the extension');
-is($out, "4\n3\n7\nt\nt\n3\njobs 3 true",
+is($out, "1\n2\n2\nt\nt\n3\njobs 3 true",
 	'the ledger rows land in the table that exists now');
 
 $node->stop;
