@@ -344,12 +344,22 @@ waiting_add(const pg_uuid_t *tenant, const char *resource, TimestampTz at, int64
 
 	if (added_since == 0)
 		added_since = GetCurrentTimestamp();
+	return true;
+}
+
+/*
+ * This backend is about to leave sums waiting: make sure it writes them
+ * when it exits.  Called before the commit or abort that adds them (this
+ * may fail, which those callbacks must not).
+ */
+static void
+ensure_exit_callback(void)
+{
 	if (!exit_callback_registered)
 	{
 		before_shmem_exit(usage_exit_callback, (Datum) 0);
 		exit_callback_registered = true;
 	}
-	return true;
 }
 
 /* Log, once per session, that usage was lost for want of room. */
@@ -392,6 +402,7 @@ waiting_take_all(void)
 	if (usage_waiting == NULL)
 		return;
 	/* Allocate first: nothing may fail once sums leave shared memory. */
+	ensure_exit_callback();
 	room = ntaken + hash_get_num_entries(usage_waiting) + 64;
 	if (room > taken_alloc)
 	{
@@ -474,6 +485,7 @@ pending_add(const pg_uuid_t *tenant, const char *resource, int level, int64 amou
 	{
 		HASHCTL		info;
 
+		ensure_exit_callback();
 		ensure_context();
 		memset(&info, 0, sizeof(info));
 		info.keysize = sizeof(PendingKey);
@@ -869,6 +881,7 @@ tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
 		return;
 	if (survive_abort)
 	{
+		ensure_exit_callback();
 		counter_add(resource, amount);
 		if (!waiting_add(tenant, resource, GetCurrentTimestamp(), amount))
 			report_lost(resource);
