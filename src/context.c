@@ -334,6 +334,7 @@ context_validate(pg_uuid_t *result)
 	const char *value = tenancy_guc_tenant_id;
 	char		canonical[TENANCY_UUID_STRLEN + 1];
 	TenancyTenant tenant;
+	bool		parsed;
 	bool		leader_checked;
 
 	if (value == NULL || value[0] == '\0')
@@ -341,8 +342,8 @@ context_validate(pg_uuid_t *result)
 		value = tenancy_guc_default_tenant;
 		from_default = true;
 	}
-	leader_checked = value != NULL && tenancy_uuid_parse(value, result) &&
-		checked_by_leader(result);
+	parsed = value != NULL && tenancy_uuid_parse(value, result);
+	leader_checked = parsed && checked_by_leader(result);
 
 	if (bound && !leader_checked)
 		tenancy_apikey_validate_binding(&bound_tenant, &bound_key);
@@ -353,12 +354,11 @@ context_validate(pg_uuid_t *result)
 				 errmsg("tenancy: no tenant context"),
 				 errdetail("app.tenant_id is not set in this session and tenancy.default_tenant is empty."),
 				 errhint("SET app.tenant_id to the tenant's id, or call tenancy.set_tenant() or tenancy.authenticate().")));
-	if (!tenancy_uuid_parse(value, result))
+	if (!parsed)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("tenancy: app.tenant_id must be a uuid or empty"),
 				 errdetail("The value \"%s\" is not a uuid.", value)));
-	tenancy_uuid_format(result, canonical);
 
 	/*
 	 * A bound session acts for its key's tenant only, also through
@@ -378,13 +378,19 @@ context_validate(pg_uuid_t *result)
 		return;
 
 	if (!tenancy_tenant_lookup(result, &tenant))
+	{
+		/* (formatted for the messages only: this runs in every transaction) */
+		tenancy_uuid_format(result, canonical);
 		ereport(ERROR,
 				(errcode(ERRCODE_TENANCY_UNKNOWN_TENANT),
 				 errmsg("tenancy: unknown tenant"),
 				 errdetail("No tenant has the id %s (the value of %s).", canonical,
 						   from_default ? "tenancy.default_tenant" : "app.tenant_id"),
 				 errhint("Set app.tenant_id to the id of an existing tenant.")));
+	}
 	if (strcmp(tenant.status, "active") != 0)
+	{
+		tenancy_uuid_format(result, canonical);
 		ereport(ERROR,
 				(errcode(ERRCODE_TENANCY_TENANT_NOT_ACTIVE),
 				 errmsg("tenancy: tenant is %s", tenant.status),
@@ -392,6 +398,7 @@ context_validate(pg_uuid_t *result)
 				 strcmp(tenant.status, "expired") == 0 ?
 				 errhint("An administrator can extend it with tenancy.update_tenant(expires_at => ...).") :
 				 errhint("An administrator can call tenancy.activate_tenant().")));
+	}
 }
 
 /*
