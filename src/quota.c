@@ -1257,8 +1257,11 @@ may_take_waiting(void)
 static bool
 flush_due(void)
 {
-	uint64		since = pg_atomic_read_u64(&quota_shared->waiting_since);
+	uint64		since;
 
+	if (quota_shared == NULL)
+		return false;
+	since = pg_atomic_read_u64(&quota_shared->waiting_since);
 	if (flush_requested)
 		return true;
 	if (since == 0 ||
