@@ -2,6 +2,10 @@
 -- api_keys), explicit counters with periods, check/consume/release,
 -- quota_usage, and who may ask about whom.
 \set SHOW_CONTEXT never
+-- Quota-only deltas wait in shared memory until this session asks for them
+-- to be written (tenancy._usage_flush()), so that what the ledger holds
+-- does not depend on timing; the ledger section below shows the delay.
+SET tenancy.quota_flush_delay = '60s';
 SET client_min_messages = warning;
 CREATE ROLE regress_quota_app IN ROLE tenancy_app;
 CREATE ROLE regress_quota_admin IN ROLE tenancy_admin;
@@ -306,9 +310,8 @@ SELECT resource, used FROM tenancy.quota_usage('q-acme') ORDER BY 1;
 -- once, test/isolation/specs/quota_deferred.spec), and a later commit
 -- writes them, one row per counter whose net change is not zero (relid
 -- NULL for an explicit counter).
--- (nothing waits now; this session writes waiting deltas only when asked)
+-- (nothing waits now)
 SELECT FROM tenancy._usage_flush();
-SET tenancy.quota_flush_delay = '60s';
 SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
 BEGIN;
 SELECT tenancy.consume_quota('ledger_a', 3);
@@ -347,7 +350,7 @@ SET LOCAL synchronous_commit = local;
 SELECT tenancy.consume_quota('ledger_a', 5);
 COMMIT;
 SHOW synchronous_commit;
-RESET tenancy.quota_flush_delay;
+SET tenancy.quota_flush_delay = '60s';
 -- tenancy.synchronous_quota_commit on: written by its own commit too.
 SET tenancy.synchronous_quota_commit = on;
 SELECT tenancy.release_quota('ledger_a', 1);

@@ -462,7 +462,7 @@ tenancy_guc_init(void)
 							"How long the quota usage of a transaction that changed nothing else may wait in shared memory before a commit writes it to the ledger.",
 							"0 writes it at the commit of the transaction that changed it.",
 							&tenancy_guc_quota_flush_delay,
-							1000, 0, 60000,
+							200, 0, 60000,
 							PGC_SUSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);

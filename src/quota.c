@@ -182,7 +182,7 @@ static bool flush_requested = false;	/* write every waiting delta at commit */
 static bool exit_callback_registered = false;
 
 /* GUC tenancy.quota_flush_delay (defined in guc.c), in ms */
-int			tenancy_guc_quota_flush_delay = 1000;
+int			tenancy_guc_quota_flush_delay = 200;
 
 /* At most this many entries hold waiting deltas; beyond, commits write. */
 #define QUOTA_MAX_WAITING (QUOTA_MAX_ENTRIES / 4)
