@@ -2,15 +2,16 @@
  *
  * commit.c
  *		How a commit that only wrote tenancy's own bookkeeping waits for
- *		its WAL flush.
+ *		its WAL flush, and the transactions that write what waits in
+ *		shared memory when a backend exits.
  *
  * At PRE_COMMIT, quota.c appends the quota ledger and usage.c may write
- * the usage that waited in the session.  When the transaction had no XID
+ * the usage that waited in shared memory.  When the transaction had no XID
  * before the first of these writes, they are all it changed.  If every one
- * of them is of a kind that may be lost in a crash (usage waiting in
- * memory with tenancy.usage_flush_delay > 0; quota usage with
- * tenancy.synchronous_quota_commit off), the commit does not wait for its
- * WAL flush, as with synchronous_commit = off: a crash of the server or
+ * of them is of a kind that may be lost in a crash (usage or quota deltas
+ * that waited in shared memory; quota usage of a quota-only transaction
+ * with tenancy.synchronous_quota_commit off), the commit does not wait for
+ * its WAL flush, as with synchronous_commit = off: a crash of the server or
  * the OS may forget such a commit made in the last few wal_writer_delay,
  * never a part of one.  Otherwise it waits as synchronous_commit says.
  *
@@ -26,6 +27,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "storage/proc.h"
 
 #include "tenancy.h"
@@ -112,12 +114,24 @@ commit_xact_callback(XactEvent event, void *arg)
 }
 
 /*
- * At backend exit (a before_shmem_exit callback), run work in a transaction
- * of its own to write what waits in shared memory.  An error is reported
- * and the exit goes on.
+ * Work to do at backend exit: write what an area left waiting in shared
+ * memory (usage sums, quota deltas), each in a transaction of its own.
  */
-void
-tenancy_exit_transaction(void (*work) (void))
+typedef struct ExitWork
+{
+	bool		(*needed) (void);
+	void		(*work) (void);
+} ExitWork;
+
+#define MAX_EXIT_WORK 4
+
+static ExitWork exit_work[MAX_EXIT_WORK];
+static int	nexit_work = 0;
+static bool exit_callback_registered = false;
+
+/* Run work in a transaction of its own; an error is reported and exit goes on. */
+static void
+exit_transaction(void (*work) (void))
 {
 	AbortOutOfAnyTransaction();
 	if (!IsUnderPostmaster || !OidIsValid(MyDatabaseId) || MyProc == NULL ||
@@ -139,6 +153,38 @@ tenancy_exit_transaction(void (*work) (void))
 		AbortOutOfAnyTransaction();
 	}
 	PG_END_TRY();
+}
+
+static void
+commit_exit_callback(int code, Datum arg)
+{
+	for (int i = 0; i < nexit_work; i++)
+		if (exit_work[i].needed())
+			exit_transaction(exit_work[i].work);
+}
+
+/*
+ * At backend exit, run work (in a transaction of its own) if needed() says
+ * so then.  Call it before leaving anything waiting, at the latest at
+ * PRE_COMMIT: it may fail, which COMMIT and ABORT callbacks must not.
+ * Registering the same work again does nothing.
+ */
+void
+tenancy_at_exit(bool (*needed) (void), void (*work) (void))
+{
+	for (int i = 0; i < nexit_work; i++)
+		if (exit_work[i].work == work)
+			return;
+	if (nexit_work >= MAX_EXIT_WORK)
+		elog(ERROR, "tenancy: too many exit writers");
+	if (!exit_callback_registered)
+	{
+		before_shmem_exit(commit_exit_callback, (Datum) 0);
+		exit_callback_registered = true;
+	}
+	exit_work[nexit_work].needed = needed;
+	exit_work[nexit_work].work = work;
+	nexit_work++;
 }
 
 /* Called from _PG_init. */

@@ -65,7 +65,6 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/lmgr.h"
 #include "storage/shmem.h"
@@ -179,7 +178,6 @@ static int	maxtaken = 0;
 static bool defer_this_commit = false;	/* its deltas wait in shared memory */
 static bool left_waiting = false;	/* this backend left deltas waiting */
 static bool flush_requested = false;	/* write every waiting delta at commit */
-static bool exit_callback_registered = false;
 
 /* GUC tenancy.quota_flush_delay (defined in guc.c), in ms */
 int			tenancy_guc_quota_flush_delay = 200;
@@ -1178,17 +1176,16 @@ ledger_append(const LedgerRow *rows, int n)
  * loses the waiting deltas (doc/tenancy-quotas.md).
  */
 
+static bool
+quota_exit_needed(void)
+{
+	return left_waiting || ntaken > 0;
+}
+
 static void
 quota_exit_flush(void)
 {
 	flush_requested = true;
-}
-
-static void
-quota_exit_callback(int code, Datum arg)
-{
-	if (left_waiting || ntaken > 0)
-		tenancy_exit_transaction(quota_exit_flush);
 }
 
 /* Can this commit leave its n deltas waiting in shared memory? */
@@ -1211,11 +1208,7 @@ commit_may_wait(int n)
 static void
 ensure_exit_callback(void)
 {
-	if (!exit_callback_registered)
-	{
-		before_shmem_exit(quota_exit_callback, (Datum) 0);
-		exit_callback_registered = true;
-	}
+	tenancy_at_exit(quota_exit_needed, quota_exit_flush);
 }
 
 /*

@@ -177,7 +177,7 @@ extern void tenancy_commit_init(void);
 extern void tenancy_commit_write_begin(void);
 extern void tenancy_commit_write_end(bool may_be_lost);
 extern bool tenancy_commit_only_bookkeeping(void);
-extern void tenancy_exit_transaction(void (*work) (void));
+extern void tenancy_at_exit(bool (*needed) (void), void (*work) (void));
 
 /* usage.c: usage metering */
 #define TENANCY_RESOURCE_MAXLEN 255	/* bytes of a resource name */

@@ -73,7 +73,6 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
@@ -180,7 +179,6 @@ static HTAB *usage_waiting = NULL;
 
 /* When this backend first added sums since it last wrote; 0: none. */
 static TimestampTz added_since = 0;
-static bool exit_callback_registered = false;
 static bool lost_logged = false;
 
 /*
@@ -198,7 +196,7 @@ static bool audit_purge_allowed = false;
 
 static void ensure_context(void);
 static bool usage_flush(bool take_waiting);
-static void usage_exit_callback(int code, Datum arg);
+static void ensure_exit_callback(void);
 
 /* ------------------------------------------------------------------------
  * Shared memory
@@ -345,21 +343,6 @@ waiting_add(const pg_uuid_t *tenant, const char *resource, TimestampTz at, int64
 	if (added_since == 0)
 		added_since = GetCurrentTimestamp();
 	return true;
-}
-
-/*
- * This backend is about to leave sums waiting: make sure it writes them
- * when it exits.  Called before the commit or abort that adds them (this
- * may fail, which those callbacks must not).
- */
-static void
-ensure_exit_callback(void)
-{
-	if (!exit_callback_registered)
-	{
-		before_shmem_exit(usage_exit_callback, (Datum) 0);
-		exit_callback_registered = true;
-	}
 }
 
 /* Log, once per session, that usage was lost for want of room. */
@@ -772,18 +755,26 @@ usage_flush(bool take_waiting)
  * added some, in a transaction of its own (as temporary relations are
  * removed at exit).
  */
+static bool
+usage_exit_needed(void)
+{
+	return added_since != 0 || ntaken > 0;
+}
+
 static void
 usage_exit_flush(void)
 {
 	(void) usage_flush(true);
 }
 
+/*
+ * This backend is about to leave sums waiting: make sure it writes them
+ * when it exits.  Called before the commit or abort that adds them.
+ */
 static void
-usage_exit_callback(int code, Datum arg)
+ensure_exit_callback(void)
 {
-	if (added_since == 0 && ntaken == 0)
-		return;
-	tenancy_exit_transaction(usage_exit_flush);
+	tenancy_at_exit(usage_exit_needed, usage_exit_flush);
 }
 
 static void
