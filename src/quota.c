@@ -1268,7 +1268,7 @@ flush_due(void)
 /*
  * Take every waiting delta of this database out of its entry, which stays
  * pinned until this transaction ends.  Waiting deltas of other databases
- * are left to their sessions, who are told to write them a delay later.
+ * (and any beyond the room taken) are left for a commit a delay later.
  * When the ledger is gone (the extension was dropped), the deltas are
  * dropped.
  */
@@ -1297,9 +1297,7 @@ waiting_take_all(void)
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
 		SpinLockAcquire(&e->mutex);
-		if (e->waiting != 0 && e->key.dbid != MyDatabaseId)
-			others = true;
-		else if (e->waiting != 0 && ntaken < maxtaken)
+		if (e->waiting != 0 && e->key.dbid == MyDatabaseId && ntaken < maxtaken)
 		{
 			taken[ntaken].entry = e;
 			taken[ntaken].delta = e->waiting;
@@ -1307,6 +1305,8 @@ waiting_take_all(void)
 			entry_add_waiting(e, -e->waiting);
 			e->pins++;
 		}
+		else if (e->waiting != 0)
+			others = true;		/* another database's, or no room left */
 		SpinLockRelease(&e->mutex);
 	}
 	LWLockRelease(lock);
