@@ -185,6 +185,55 @@ SELECT count(*) AS bolt_rows_again FROM regress_s.docs;
 RESET ROLE;
 RESET app.tenant_id;
 
+-- Every access needs a valid context, also when the policy meets no row
+-- (an empty table, a WHERE that is false, a key that is not there): the
+-- context is checked when the statement starts, once per transaction.
+CREATE TABLE regress_s.empty_docs (id int PRIMARY KEY, tenant_id uuid, who text);
+ALTER TABLE regress_s.empty_docs OWNER TO regress_owner;
+SELECT tenancy.protect('regress_s.empty_docs');
+GRANT SELECT, INSERT, UPDATE, DELETE ON regress_s.empty_docs TO regress_reader;
+CREATE TABLE regress_s.plain_notes (id int);
+GRANT SELECT ON regress_s.plain_notes TO regress_reader;
+SET ROLE regress_reader;
+SELECT regress_try('SELECT count(*) FROM regress_s.empty_docs');
+SELECT regress_try('SELECT * FROM regress_s.docs WHERE false');
+SELECT regress_try('SELECT * FROM regress_s.docs WHERE id = 999');
+SELECT regress_try('SELECT count(*) FROM regress_s.docs_invoker WHERE false');
+SELECT regress_try('UPDATE regress_s.empty_docs SET who = who');
+SELECT regress_try('DELETE FROM regress_s.empty_docs');
+-- An unknown tenant (TN002) and a suspended one (TN003) alike (first line:
+-- the DETAIL names the id).
+SET app.tenant_id = 'f0000000-0000-4000-8000-00000000000f';
+SELECT split_part(regress_try('SELECT count(*) FROM regress_s.empty_docs'), E'\n', 1);
+RESET ROLE;
+SELECT tenancy.suspend_tenant('bolt', 'regress');
+SET ROLE regress_reader;
+SET app.tenant_id = :'bolt';
+SELECT split_part(regress_try('SELECT * FROM regress_s.docs WHERE false'), E'\n', 1);
+RESET ROLE;
+SELECT tenancy.activate_tenant('bolt');
+SET ROLE regress_reader;
+RESET app.tenant_id;
+-- Planning alone (EXPLAIN without ANALYZE) and a table that is not
+-- protected need no context.
+SELECT regress_try('EXPLAIN SELECT count(*) FROM regress_s.empty_docs');
+SELECT count(*) AS plain_rows FROM regress_s.plain_notes;
+RESET ROLE;
+-- The table owner is subject to the policies too (RLS is forced).
+SET ROLE regress_owner;
+SELECT regress_try('SELECT count(*) FROM regress_s.empty_docs');
+RESET ROLE;
+-- A superuser is not: no context needed.
+SELECT count(*) AS superuser_sees FROM regress_s.empty_docs;
+-- With a context: nothing to see, no error.
+SET app.tenant_id = :'acme';
+SET ROLE regress_reader;
+SELECT count(*) AS acme_empty FROM regress_s.empty_docs;
+SELECT count(*) AS acme_none FROM regress_s.docs WHERE id = 999;
+RESET ROLE;
+RESET app.tenant_id;
+DROP TABLE regress_s.empty_docs, regress_s.plain_notes;
+
 -- A permissive policy of the owner's cannot widen isolation.
 SET ROLE regress_owner;
 CREATE POLICY regress_everything ON regress_s.docs AS PERMISSIVE FOR ALL USING (true) WITH CHECK (true);

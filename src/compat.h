@@ -52,6 +52,7 @@
  * ExecutorCheckPerms_hook (apikey area, keyperm.c): from 16 on it receives
  * the RTEPermissionInfo list; before, the range table.  The hook walks
  * TENANCY_PERMS_LIST, whose elements have relid and requiredPerms.
+ * TENANCY_PLAN_PERMS is the same list of a PlannedStmt (context.c).
  */
 #if PG_VERSION_NUM >= 160000
 #define TENANCY_PERMS_HOOK_PARAMS List *rangeTable, List *rtePermInfos, bool ereport_on_violation
@@ -59,12 +60,14 @@
 #define TENANCY_PERMS_LIST rtePermInfos
 #define TenancyPermInfo RTEPermissionInfo
 #define TENANCY_PERMINFO_IS_RELATION(p) true
+#define TENANCY_PLAN_PERMS(stmt) ((stmt)->permInfos)
 #else
 #define TENANCY_PERMS_HOOK_PARAMS List *rangeTable, bool ereport_on_violation
 #define TENANCY_PERMS_HOOK_CHAIN(hook) (hook)(rangeTable, ereport_on_violation)
 #define TENANCY_PERMS_LIST rangeTable
 #define TenancyPermInfo RangeTblEntry
 #define TENANCY_PERMINFO_IS_RELATION(p) ((p)->rtekind == RTE_RELATION)
+#define TENANCY_PLAN_PERMS(stmt) ((stmt)->rtable)
 #endif
 
 /*

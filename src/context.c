@@ -36,11 +36,15 @@
 #include "executor/executor.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "rewrite/rowsecurity.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+#include "utils/rls.h"
 
 #include "tenancy.h"
 
@@ -136,15 +140,74 @@ context_validate_quietly(void)
 	context_valid = true;
 }
 
+/* Does the relation carry tenancy's isolation policy (protect())? */
+static bool
+has_isolation_policy(Oid relid)
+{
+	Relation	rel = RelationIdGetRelation(relid);
+	bool		found = false;
+	ListCell   *lc;
+
+	if (rel == NULL)
+		return false;
+	if (rel->rd_rsdesc != NULL)
+		foreach(lc, rel->rd_rsdesc->policies)
+		{
+			RowSecurityPolicy *policy = (RowSecurityPolicy *) lfirst(lc);
+
+			if (strcmp(policy->policy_name, "tenancy_isolation") == 0)
+			{
+				found = true;
+				break;
+			}
+		}
+	RelationClose(rel);
+	return found;
+}
+
 /*
- * ExecutorStart hook: before a plan that may use parallel workers runs,
- * publish the context validated in this transaction for them (validating
- * it first if need be).  Settings cannot change in parallel mode, which
- * starts later, in ExecutorRun.
+ * Does the plan touch a protected table under row level security, for the
+ * role the table is accessed as?
+ */
+static bool
+plan_uses_protected_table(const PlannedStmt *stmt)
+{
+	ListCell   *lc;
+
+	foreach(lc, TENANCY_PLAN_PERMS(stmt))
+	{
+		TenancyPermInfo *p = (TenancyPermInfo *) lfirst(lc);
+
+		if (TENANCY_PERMINFO_IS_RELATION(p) && p->requiredPerms != 0 &&
+			has_isolation_policy(p->relid) &&
+			check_enable_rls(p->relid, p->checkAsUser, true) == RLS_ENABLED)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * ExecutorStart hook.
+ *
+ * A plan that touches a protected table under row level security validates
+ * the context first: every access without a valid context fails (TN001,
+ * TN002, TN003), also when the policy, which checks it when it meets a
+ * row, never runs (an empty table, WHERE false).  Once per transaction
+ * (cached); not for EXPLAIN without ANALYZE; parallel workers rely on
+ * their leader.
+ *
+ * Before a plan that may use parallel workers runs, publish the context
+ * validated in this transaction for them (validating it first if need
+ * be).  Settings cannot change in parallel mode, which starts later, in
+ * ExecutorRun.
  */
 static void
 tenancy_ExecutorStart(QueryDesc *queryDesc, int eflags)
 {
+	if (!(eflags & EXEC_FLAG_EXPLAIN_ONLY) && !IsParallelWorker() &&
+		!(context_valid && context_session_user == GetSessionUserId()) &&
+		plan_uses_protected_table(queryDesc->plannedstmt))
+		(void) tenancy_context_current();
 	if (queryDesc->plannedstmt->parallelModeNeeded &&
 		!IsInParallelMode() && IsTransactionState())
 	{
