@@ -490,6 +490,46 @@ SET ROLE regress_bypass;
 SELECT count(*) AS all_rows_bypassrls FROM regress_s.events;
 RESET ROLE;
 
+-- Inheritance (INHERITS) children are protected like partitions: present
+-- ones by protect(), new ones when created or attached (ALTER TABLE ...
+-- INHERIT), so a child queried directly is isolated as well.
+SET ROLE regress_owner;
+CREATE TABLE regress_s.notes (id int, tenant_id uuid, who text);
+CREATE TABLE regress_s.notes_old () INHERITS (regress_s.notes);
+RESET ROLE;
+INSERT INTO regress_s.notes_old VALUES (1, :'acme', 'acme-old'), (2, :'bolt', 'bolt-old');
+SELECT tenancy.protect('regress_s.notes');
+SET ROLE regress_owner;
+CREATE TABLE regress_s.notes_new () INHERITS (regress_s.notes);
+CREATE TABLE regress_s.notes_later (id int, tenant_id uuid NOT NULL, who text);
+ALTER TABLE regress_s.notes_later INHERIT regress_s.notes;
+RESET ROLE;
+SELECT relid, tenant_column FROM tenancy.protected_tables
+ WHERE relid::text LIKE '%notes%' ORDER BY relid::text;
+SELECT what, value FROM regress_state('regress_s.notes_new') WHERE what IN ('rls', 'policy');
+INSERT INTO regress_s.notes_new VALUES (3, :'bolt', 'bolt-new');
+INSERT INTO regress_s.notes_later VALUES (4, :'bolt', 'bolt-later');
+GRANT SELECT, INSERT ON regress_s.notes, regress_s.notes_old, regress_s.notes_new,
+      regress_s.notes_later TO regress_reader;
+SET ROLE regress_reader;
+SET app.tenant_id = :'acme';
+SELECT who FROM regress_s.notes ORDER BY who;
+SELECT count(*) AS bolt_rows_seen FROM regress_s.notes_old WHERE who LIKE 'bolt%';
+SELECT count(*) AS bolt_rows_seen FROM regress_s.notes_new;
+SELECT count(*) AS bolt_rows_seen FROM regress_s.notes_later;
+SELECT regress_try(format('INSERT INTO regress_s.notes_new VALUES (5, %L, ''forged'')', :'bolt'));
+INSERT INTO regress_s.notes_new (id, who) VALUES (6, 'acme-new') RETURNING who, tenant_id = :'acme' AS own;
+RESET app.tenant_id;
+SELECT regress_try('SELECT count(*) FROM regress_s.notes_new');
+RESET ROLE;
+-- unprotect() of a child of a protected table: 55000; of the parent: the
+-- whole tree.
+SELECT count(*) AS listed FROM tenancy.protected_tables WHERE relid::text LIKE '%notes%';
+SELECT regress_try($$SELECT tenancy.unprotect('regress_s.notes_new')$$);
+SELECT tenancy.unprotect('regress_s.notes');
+SELECT count(*) AS still_listed FROM tenancy.protected_tables WHERE relid::text LIKE '%notes%';
+DROP TABLE regress_s.notes CASCADE;
+
 ----------------------------------------------------------------------
 -- tenancy.auto_protect
 ----------------------------------------------------------------------

@@ -401,6 +401,38 @@ BEGIN
 END
 $$;
 
+-- The tables below tbl (partitions, at any depth, and tables that inherit
+-- from it with INHERITS), with their depth; and the tables above it, nearest
+-- first.  pg_partition_tree() and pg_partition_ancestors() know partitions
+-- only.  Internal.
+CREATE FUNCTION tenancy._descendants(tbl regclass) RETURNS TABLE (relid regclass, depth integer)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH RECURSIVE d(relid, depth) AS (
+        SELECT i.inhrelid, 1 FROM pg_inherits i WHERE i.inhparent OPERATOR(pg_catalog.=) tbl
+        UNION
+        SELECT i.inhrelid, d.depth OPERATOR(pg_catalog.+) 1
+          FROM d JOIN pg_inherits i ON i.inhparent OPERATOR(pg_catalog.=) d.relid
+         WHERE d.depth OPERATOR(pg_catalog.<) 100
+    )
+    SELECT d.relid::regclass, pg_catalog.min(d.depth)::integer FROM d GROUP BY d.relid
+$$;
+
+CREATE FUNCTION tenancy._ancestors(tbl regclass) RETURNS TABLE (relid regclass, depth integer)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH RECURSIVE a(relid, depth) AS (
+        SELECT i.inhparent, 1 FROM pg_inherits i WHERE i.inhrelid OPERATOR(pg_catalog.=) tbl
+        UNION
+        SELECT i.inhparent, a.depth OPERATOR(pg_catalog.+) 1
+          FROM a JOIN pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) a.relid
+         WHERE a.depth OPERATOR(pg_catalog.<) 100
+    )
+    SELECT a.relid::regclass, pg_catalog.min(a.depth)::integer FROM a GROUP BY a.relid
+$$;
+
 -- Protect one relation whose tenant column is in place: default, RLS,
 -- policies, triggers, registry.  Internal; the caller holds the bypass.
 CREATE FUNCTION tenancy._protect_relation(tbl regclass, col name) RETURNS void
@@ -506,7 +538,7 @@ BEGIN
     -- before tenancy_isolation would see every tenant's rows.
     IF EXISTS (SELECT FROM pg_policy pol
                 WHERE pol.polrelid OPERATOR(pg_catalog.=) ANY (ARRAY(
-                          SELECT tbl::oid UNION SELECT t.relid::oid FROM pg_partition_tree(tbl) t))
+                          SELECT tbl::oid UNION SELECT t.relid::oid FROM tenancy._descendants(tbl) t))
                   AND NOT pol.polpermissive
                   AND (pol.polname COLLATE "C") OPERATOR(pg_catalog.<) ('tenancy_isolation' COLLATE "C")) THEN
         RAISE EXCEPTION 'tenancy: % has a restrictive policy that would run before tenancy_isolation', tbl
@@ -568,9 +600,9 @@ BEGIN
     END IF;
 
     PERFORM tenancy._protect_relation(tbl, tenant_column);
-    -- Every partition, at any depth, is protected as well.
-    FOR part IN SELECT t.relid FROM pg_partition_tree(tbl) t
-                 WHERE t.relid OPERATOR(pg_catalog.<>) tbl ORDER BY t.level LOOP
+    -- Every partition and inheritance child, at any depth, is protected as
+    -- well.
+    FOR part IN SELECT t.relid FROM tenancy._descendants(tbl) t ORDER BY t.depth, t.relid LOOP
         PERFORM tenancy._protect_relation(part, tenant_column);
     END LOOP;
 
@@ -600,22 +632,24 @@ BEGIN
         RAISE NOTICE 'tenancy: % is not protected, skipping', tbl;
         RETURN;
     END IF;
-    IF EXISTS (SELECT FROM pg_partition_ancestors(tbl) a
-                 JOIN tenancy.protected_tables p ON p.relid OPERATOR(pg_catalog.=) a.relid
-                WHERE a.relid OPERATOR(pg_catalog.<>) tbl) THEN
-        RAISE EXCEPTION 'tenancy: % is a partition of a protected table', tbl
-            USING ERRCODE = '55000', HINT = 'Unprotect the partitioned table it belongs to.';
+    IF EXISTS (SELECT FROM tenancy._ancestors(tbl) a
+                 JOIN tenancy.protected_tables p ON p.relid OPERATOR(pg_catalog.=) a.relid) THEN
+        IF (SELECT c.relispartition FROM pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tbl) THEN
+            RAISE EXCEPTION 'tenancy: % is a partition of a protected table', tbl
+                USING ERRCODE = '55000', HINT = 'Unprotect the partitioned table it belongs to.';
+        END IF;
+        RAISE EXCEPTION 'tenancy: % inherits from a protected table', tbl
+            USING ERRCODE = '55000', HINT = 'Unprotect the table it inherits from (that unprotects its children too).';
     END IF;
 
     previous := tenancy._ddl_bypass(true);
-    -- The table and, if partitioned, its partitions at every level
-    -- (pg_partition_tree() returns nothing for an ordinary table).
+    -- The table and its partitions and inheritance children at every level.
     FOR r IN SELECT p.relid, p.tenant_column
-               FROM (SELECT tbl AS relid, 0 AS level
+               FROM (SELECT tbl AS relid, 0 AS depth
                      UNION
-                     SELECT t.relid, t.level FROM pg_partition_tree(tbl) t) t
+                     SELECT t.relid, t.depth FROM tenancy._descendants(tbl) t) t
                JOIN tenancy.protected_tables p ON p.relid OPERATOR(pg_catalog.=) t.relid
-              ORDER BY t.level LOOP
+              ORDER BY t.depth LOOP
         EXECUTE format('DROP POLICY IF EXISTS tenancy_isolation ON %s', r.relid);
         EXECUTE format('DROP POLICY IF EXISTS tenancy_allow ON %s', r.relid);
         -- Triggers cloned onto partitions go with their parent's.
@@ -640,9 +674,10 @@ BEGIN
 END
 $$;
 
--- Protect the new partitions, at any depth, of protected partitioned
--- tables among rels (CREATE TABLE ... PARTITION OF, ATTACH PARTITION):
--- with the tenant column of their nearest protected ancestor.  Internal.
+-- Protect the new partitions and inheritance children, at any depth, of
+-- protected tables among rels (CREATE TABLE ... PARTITION OF or INHERITS,
+-- ATTACH PARTITION, ALTER TABLE ... INHERIT): with the tenant column of
+-- their nearest protected ancestor.  Internal.
 CREATE FUNCTION tenancy._sync_partitions(rels oid[]) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -653,12 +688,12 @@ DECLARE
 BEGIN
     FOR r IN SELECT x.relid::regclass AS relid,
                     (SELECT p.tenant_column
-                       FROM pg_partition_ancestors(x.relid::regclass) WITH ORDINALITY a(relid, n)
+                       FROM tenancy._ancestors(x.relid::regclass) a
                        JOIN tenancy.protected_tables p ON p.relid OPERATOR(pg_catalog.=) a.relid
-                      WHERE a.relid OPERATOR(pg_catalog.<>) x.relid::regclass
-                      ORDER BY a.n LIMIT 1) AS tenant_column
+                      ORDER BY a.depth, a.relid LIMIT 1) AS tenant_column
                FROM pg_catalog.unnest(rels) WITH ORDINALITY x(relid, n)
-               JOIN pg_class c ON c.oid OPERATOR(pg_catalog.=) x.relid AND c.relispartition
+               JOIN pg_class c ON c.oid OPERATOR(pg_catalog.=) x.relid
+                              AND c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::"char"[])
               WHERE NOT EXISTS (SELECT FROM tenancy.protected_tables q
                                  WHERE q.relid OPERATOR(pg_catalog.=) x.relid::regclass)
               ORDER BY x.n LOOP

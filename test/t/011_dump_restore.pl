@@ -32,6 +32,12 @@ ALTER TABLE events_2 OWNER TO regress_owner;
 SELECT tenancy.protect('events');
 INSERT INTO events VALUES (1, tenancy.tenant_id('acme'), 'acme'), (2, tenancy.tenant_id('bolt'), 'bolt');
 INSERT INTO docs (id, tenant_id, who) VALUES (3, tenancy.tenant_id('bolt'), 'bolt-3');
+CREATE TABLE notes (id int, tenant_id uuid NOT NULL, who text);
+CREATE TABLE notes_child () INHERITS (notes);
+ALTER TABLE notes OWNER TO regress_owner;
+ALTER TABLE notes_child OWNER TO regress_owner;
+SELECT tenancy.protect('notes');
+INSERT INTO notes_child VALUES (1, tenancy.tenant_id('acme'), 'acme'), (2, tenancy.tenant_id('bolt'), 'bolt');
 CREATE POLICY regress_own ON docs USING (true);
 DROP POLICY tenancy_allow ON docs;
 });
@@ -44,7 +50,7 @@ $node->command_ok([ 'pg_restore', '--exit-on-error', '-d', 'dst', $dump ],
 
 is($node->safe_psql('dst',
 	q{SELECT string_agg(relid::text || ':' || tenant_column, ',' ORDER BY relid::text) FROM tenancy.protected_tables}),
-	'docs:tenant_id,events:tenant_id,events_1:tenant_id,events_2:tenant_id',
+	'docs:tenant_id,events:tenant_id,events_1:tenant_id,events_2:tenant_id,notes:tenant_id,notes_child:tenant_id',
 	'the restored tables are listed');
 is($node->safe_psql('dst',
 	'SELECT count(*) FROM tenancy._protected_problems()'),
@@ -60,7 +66,8 @@ SET ROLE regress_owner;
 SELECT string_agg(who, ',' ORDER BY id) FROM docs;
 SELECT string_agg(who, ',') FROM events_2;
 SELECT string_agg(who, ',') FROM events;
-}), "t\nacme-1,acme-2\n\nacme", 'isolation holds after the restore');
+SELECT string_agg(who, ',') FROM notes_child;
+}), "t\nacme-1,acme-2\n\nacme\nacme", 'isolation holds after the restore (an inheritance child too)');
 
 # And the DDL guard too.
 my ($ret, $stdout, $stderr) = $node->psql('dst', q{
