@@ -1097,6 +1097,15 @@ ledger_open(void)
 	return rel;
 }
 
+/* Take the ledger's lock for an append if nobody is in the way. */
+static bool
+ledger_lock_now(void)
+{
+	Oid			relid = tenancy_relation_oid("quota_ledger", true);
+
+	return OidIsValid(relid) && ConditionalLockRelationOid(relid, RowExclusiveLock);
+}
+
 /* GUC tenancy.synchronous_quota_commit (defined in guc.c) */
 bool		tenancy_guc_synchronous_quota_commit = false;
 
@@ -1381,7 +1390,19 @@ ledger_write(void)
 		return;
 	}
 	if (may_take_waiting() && flush_due())
+	{
 		waiting_take_all();
+		/*
+		 * A commit that writes only others' deltas, because they are due,
+		 * does not wait for the ledger (locked by VACUUM FULL, say): its
+		 * transaction is someone's own, and the deltas can wait longer.
+		 */
+		if (n == 0 && ntaken > 0 && !flush_requested && !ledger_lock_now())
+		{
+			taken_end(true);
+			return;
+		}
+	}
 	if (n + ntaken == 0)
 		return;
 	PreventCommandIfReadOnly("INSERT");
