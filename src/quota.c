@@ -1097,15 +1097,6 @@ ledger_open(void)
 	return rel;
 }
 
-/* Take the ledger's lock for an append if nobody is in the way. */
-static bool
-ledger_lock_now(void)
-{
-	Oid			relid = tenancy_relation_oid("quota_ledger", true);
-
-	return OidIsValid(relid) && ConditionalLockRelationOid(relid, RowExclusiveLock);
-}
-
 /* GUC tenancy.synchronous_quota_commit (defined in guc.c) */
 bool		tenancy_guc_synchronous_quota_commit = false;
 
@@ -1278,8 +1269,6 @@ flush_due(void)
  * Take every waiting delta of this database out of its entry, which stays
  * pinned until this transaction ends.  Waiting deltas of other databases
  * (and any beyond the room taken) are left for a commit a delay later.
- * When the ledger is gone (the extension was dropped), the deltas are
- * dropped.
  */
 static void
 waiting_take_all(void)
@@ -1321,8 +1310,6 @@ waiting_take_all(void)
 	LWLockRelease(lock);
 	if (others)
 		note_waiting(false);
-	if (ntaken > 0 && !OidIsValid(tenancy_relation_oid("quota_ledger", true)))
-		taken_end(false);
 }
 
 /*
@@ -1391,13 +1378,20 @@ ledger_write(void)
 	}
 	if (may_take_waiting() && flush_due())
 	{
+		Oid			ledger;
+
 		waiting_take_all();
+		ledger = ntaken > 0 ? tenancy_relation_oid("quota_ledger", true) : InvalidOid;
+		if (ntaken > 0 && !OidIsValid(ledger))
+			taken_end(false);	/* the extension was dropped: they go */
+
 		/*
 		 * A commit that writes only others' deltas, because they are due,
 		 * does not wait for the ledger (locked by VACUUM FULL, say): its
 		 * transaction is someone's own, and the deltas can wait longer.
 		 */
-		if (n == 0 && ntaken > 0 && !flush_requested && !ledger_lock_now())
+		else if (ntaken > 0 && n == 0 && !flush_requested &&
+				 !ConditionalLockRelationOid(ledger, RowExclusiveLock))
 		{
 			taken_end(true);
 			return;
