@@ -908,12 +908,13 @@ BEGIN
     END LOOP;
     -- The touched relations and their partitions and children, parents
     -- first (ALTER TABLE recurses to them; ATTACH touches the parent).
-    touched := ARRAY(WITH RECURSIVE down(relid, depth) AS (
-                         SELECT t, 0 FROM pg_catalog.unnest(touched) t
-                         UNION
-                         SELECT i.inhrelid, down.depth OPERATOR(pg_catalog.+) 1
-                           FROM pg_inherits i JOIN down ON i.inhparent OPERATOR(pg_catalog.=) down.relid)
-                     SELECT relid FROM down GROUP BY relid ORDER BY pg_catalog.min(depth), relid);
+    touched := ARRAY(SELECT x.relid
+                       FROM (SELECT t AS relid, 0 AS depth FROM pg_catalog.unnest(touched) t
+                             UNION ALL
+                             SELECT d.relid::oid, d.depth
+                               FROM pg_catalog.unnest(touched) t,
+                                    tenancy._descendants(t::regclass) d) x
+                      GROUP BY x.relid ORDER BY pg_catalog.min(x.depth), x.relid);
     PERFORM tenancy._sync_partitions(touched);
     -- Only ALTER TABLE (DETACH PARTITION) drops tenancy's triggers behind
     -- its back.
