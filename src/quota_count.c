@@ -20,7 +20,10 @@
  *
  * Per statement, the trigger caches in fn_extra the tenant column, the
  * resource name and the counters it last used: no catalog or table
- * look-up per row.
+ * look-up per row.  The resource name of a table (which needs the root of
+ * its partition tree and the names of table and schema) is also kept per
+ * backend, until the next relcache or schema invalidation: a single-row
+ * INSERT does not look it up in the catalogs each time.
  *
  *-------------------------------------------------------------------------
  */
@@ -36,9 +39,13 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "tenancy.h"
 
@@ -60,12 +67,42 @@ typedef struct CountState
 	TenancyQuotaCache storage_cache;
 } CountState;
 
+/* relid -> rows:<table>, per backend; emptied by any invalidation. */
+typedef struct ResourceName
+{
+	Oid			relid;
+	char		rows_resource[TENANCY_RESOURCE_LEN];
+} ResourceName;
+
+static HTAB *resource_names = NULL;
+
+/*
+ * Any relcache invalidation (a rename, a partition attached or detached,
+ * a table dropped) or schema change empties the cache: a partition's name
+ * depends on its root, whose invalidation names only the root.
+ */
+static void
+resource_names_reset(Datum arg, Oid relid)
+{
+	if (resource_names != NULL)
+	{
+		hash_destroy(resource_names);
+		resource_names = NULL;
+	}
+}
+
+static void
+resource_names_syscache_reset(Datum arg, int cacheid, uint32 hashvalue)
+{
+	resource_names_reset(arg, InvalidOid);
+}
+
 /*
  * rows:<table> for a relation: a partition counts for the root of its
  * partition tree, the table the user protected and sets limits on.
  */
 static void
-rows_resource_of(Oid relid, char *out)
+rows_resource_lookup(Oid relid, char *out)
 {
 	Oid			root = relid;
 	char	   *name;
@@ -81,6 +118,48 @@ rows_resource_of(Oid relid, char *out)
 									  get_rel_name(root));
 	memset(out, 0, TENANCY_RESOURCE_LEN);
 	snprintf(out, TENANCY_RESOURCE_LEN, "rows:%s", name);
+}
+
+/* rows_resource_lookup(), through the backend's cache. */
+static void
+rows_resource_of(Oid relid, char *out)
+{
+	static bool callbacks_registered = false;
+	ResourceName *rn;
+	bool		found;
+
+	if (!callbacks_registered)
+	{
+		CacheRegisterRelcacheCallback(resource_names_reset, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, resource_names_syscache_reset, (Datum) 0);
+		callbacks_registered = true;
+	}
+	if (resource_names == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(ResourceName);
+		ctl.hcxt = TopMemoryContext;
+		resource_names = hash_create("tenancy resource names", 64, &ctl,
+									 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	rn = hash_search(resource_names, &relid, HASH_FIND, &found);
+	if (!found)
+	{
+		char		name[TENANCY_RESOURCE_LEN];
+
+		/* the look-up may process invalidations: enter afterwards */
+		rows_resource_lookup(relid, name);
+		if (resource_names == NULL)
+		{
+			memcpy(out, name, TENANCY_RESOURCE_LEN);
+			return;
+		}
+		rn = hash_search(resource_names, &relid, HASH_ENTER, &found);
+		memcpy(rn->rows_resource, name, TENANCY_RESOURCE_LEN);
+	}
+	memcpy(out, rn->rows_resource, TENANCY_RESOURCE_LEN);
 }
 
 /*
