@@ -404,6 +404,30 @@ CREATE MATERIALIZED VIEW regress_ctx_mv3 AS
 REFRESH MATERIALIZED VIEW regress_ctx_mv3;
 \echo :SQLSTATE
 SHOW app.tenant_id;
+-- RESET does not go through the check hook: a reset in there (to the
+-- session's reset value: here none, from PGOPTIONS or ALTER ROLE ... SET
+-- another tenant) is refused where the context is next used.
+CREATE FUNCTION regress_ctx_reset(i int) RETURNS int
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    PERFORM set_config('app.tenant_id', NULL, false);
+    PERFORM tenancy.current_tenant_id();
+    RETURN i;
+END
+$$;
+CREATE INDEX ON regress_ctx_sro (regress_ctx_reset(i));
+\echo :SQLSTATE
+CREATE FUNCTION regress_ctx_reset2() RETURNS uuid
+LANGUAGE plpgsql AS $$
+BEGIN
+    RESET app.tenant_id;
+    RETURN tenancy.current_tenant_id();
+END
+$$;
+CREATE MATERIALIZED VIEW regress_ctx_mv5 AS SELECT regress_ctx_reset2() AS v WITH NO DATA;
+REFRESH MATERIALIZED VIEW regress_ctx_mv5;
+\echo :SQLSTATE
+SHOW app.tenant_id;
 -- Reading the context there is fine.
 CREATE MATERIALIZED VIEW regress_ctx_mv4 AS SELECT tenancy.current_tenant_id() AS v;
 SELECT v FROM regress_ctx_mv4;
@@ -475,9 +499,11 @@ RESET ALL;
 --------------------------------------------------------------------------
 -- Clean up.
 --------------------------------------------------------------------------
-DROP MATERIALIZED VIEW regress_ctx_mv, regress_ctx_mv2, regress_ctx_mv3, regress_ctx_mv4;
+DROP MATERIALIZED VIEW regress_ctx_mv, regress_ctx_mv2, regress_ctx_mv3, regress_ctx_mv4,
+    regress_ctx_mv5;
 DROP TABLE regress_ctx_docs, regress_ctx_sro, regress_ctx_par;
-DROP FUNCTION regress_ctx_switch(int, text), regress_ctx_pid(), regress_ctx_with_set(),
+DROP FUNCTION regress_ctx_switch(int, text), regress_ctx_reset(int), regress_ctx_reset2(),
+    regress_ctx_pid(), regress_ctx_with_set(),
     regress_ctx_definer(), regress_try(text);
 DROP ROLE regress_ctx_user, regress_ctx_app, regress_ctx_indirect, regress_ctx_group,
     regress_ctx_noinherit, regress_ctx_admin;

@@ -381,6 +381,88 @@ COMMIT;
 SELECT used FROM tenancy.check_quota('ledger_a');
 DROP TABLE q_plain;
 
+-- Only tenancy's own counting triggers on protected tables count.  Anyone
+-- may attach tenancy._quota_count() to a table of their own (PostgreSQL
+-- checks EXECUTE when it clones a trigger onto a partition, so PUBLIC has
+-- it): such a trigger must not change any tenant's usage, nor reveal it.
+CREATE ROLE regress_quota_nobody;
+GRANT CREATE ON SCHEMA public TO regress_quota_nobody;
+SELECT used AS acme_storage_before FROM tenancy.check_quota('storage_bytes', 1, 'q-acme') \gset
+SET ROLE regress_quota_nobody;
+CREATE TABLE q_evil (tenant_id uuid, v text);
+INSERT INTO q_evil VALUES (:'acme_id', repeat('x', 300));
+CREATE TRIGGER t AFTER INSERT OR DELETE ON q_evil
+    FOR EACH ROW EXECUTE FUNCTION tenancy._quota_count('tenant_id');
+DELETE FROM q_evil;                                   -- 42501
+INSERT INTO q_evil VALUES (:'acme_id', 'y');          -- 42501
+CREATE TEMP TABLE q_evil_tmp (tenant_id uuid);
+CREATE TRIGGER tenancy_quota AFTER INSERT ON q_evil_tmp
+    FOR EACH ROW EXECUTE FUNCTION tenancy._quota_count('tenant_id');
+INSERT INTO q_evil_tmp VALUES (:'acme_id');           -- 42501, even by that name
+CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON q_evil_tmp
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy._quota_truncate();   -- not PUBLIC's
+DROP TABLE q_evil, q_evil_tmp;
+RESET ROLE;
+REVOKE CREATE ON SCHEMA public FROM regress_quota_nobody;
+DROP ROLE regress_quota_nobody;
+SELECT used = :acme_storage_before AS acme_storage_unchanged
+  FROM tenancy.check_quota('storage_bytes', 1, 'q-acme');
+SELECT count(*) AS evil_counters FROM tenancy.quota_usage('q-acme') WHERE resource LIKE 'rows:%evil%';
+-- A second counting trigger on a protected table would count rows twice:
+-- it fails too.
+CREATE TRIGGER q_count_twice AFTER INSERT ON q_items
+    FOR EACH ROW EXECUTE FUNCTION tenancy._quota_count('tenant_id');
+SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
+INSERT INTO q_items (body) VALUES ('twice');          -- 42501
+DROP TRIGGER q_count_twice ON q_items;
+RESET app.tenant_id;
+
+-- Amounts at the edge of bigint: no overflow decides a check.
+SELECT tenancy.create_tenant('q-edge') IS NOT NULL;
+SELECT tenancy.set_tenant('q-edge') IS NOT NULL;
+SELECT tenancy.set_tenant_quota('q-edge', 'edge', 10);
+SELECT tenancy.consume_quota('edge', 5);
+SELECT allowed, used, quota_limit FROM tenancy.check_quota('edge', 9223372036854775807);
+SELECT tenancy.consume_quota('edge', 9223372036854775807);   -- TQ001
+-- An unlimited counter refuses to go past bigint (22003) rather than wrap,
+-- across transactions as within one.
+SELECT tenancy.consume_quota('edge_unlimited', 9223372036854775807);
+SELECT tenancy.consume_quota('edge_unlimited', 1);            -- 22003
+SELECT used FROM tenancy.check_quota('edge_unlimited');
+SELECT tenancy.release_quota('edge_unlimited', 9223372036854775807);
+SELECT tenancy.release_quota('edge', -1);                     -- 22023, hint: consume
+-- Bad rows:<table> names are 22023 like unknown tables, whatever the syntax.
+SELECT tenancy.check_quota('rows:');
+SELECT tenancy.check_quota('rows:"unterminated');
+SELECT tenancy.check_quota('rows:q_items; drop table x');
+SELECT tenancy.check_quota('rows:a.b.c.d');
+SELECT tenancy.check_quota('rows:otherdb.public.q_items');
+SELECT resource FROM tenancy.check_quota('rows:' || current_database() || '.public.q_items');
+RESET app.tenant_id;
+-- A tenancy_app session without a context asking about a named tenant is
+-- told it may not (42501), not that it has no context.
+SET ROLE regress_quota_app;
+SELECT tenancy.check_quota('edge', 1, 'q-edge');
+RESET ROLE;
+-- quota_usage() names tables in schemas the caller may not use.
+CREATE SCHEMA q_private;
+CREATE TABLE q_private.t (id int);
+SELECT tenancy.protect('q_private.t');
+SET ROLE regress_quota_app;
+SELECT tenancy.set_tenant('q-edge') IS NOT NULL;
+SELECT resource, used FROM tenancy.quota_usage() WHERE resource LIKE 'rows:q_private%';
+RESET ROLE;
+RESET app.tenant_id;
+SELECT tenancy.set_tenant('q-edge') IS NOT NULL;
+INSERT INTO q_private.t VALUES (1);
+RESET app.tenant_id;
+SET ROLE regress_quota_app;
+SELECT tenancy.set_tenant('q-edge') IS NOT NULL;
+SELECT resource, used FROM tenancy.quota_usage() WHERE resource LIKE 'rows:q_private%';
+RESET ROLE;
+RESET app.tenant_id;
+DROP SCHEMA q_private CASCADE;
+
 -- Two-phase commit cannot carry reservations.
 SELECT tenancy.set_tenant('q-acme') IS NOT NULL;
 BEGIN;
@@ -393,8 +475,8 @@ SET client_min_messages = warning;
 DROP TABLE q_items, q_legacy;
 DROP ROLE regress_quota_app;
 DROP ROLE regress_quota_admin;
-SELECT tenancy.delete_tenant(t) FROM unnest(ARRAY['q-acme', 'q-ent']) t;
-SELECT tenancy.purge_tenant(t) FROM unnest(ARRAY['q-acme', 'q-ent']) t;
+SELECT tenancy.delete_tenant(t) FROM unnest(ARRAY['q-acme', 'q-ent', 'q-edge']) t;
+SELECT tenancy.purge_tenant(t) FROM unnest(ARRAY['q-acme', 'q-ent', 'q-edge']) t;
 SELECT count(*) FROM tenancy.quota_ledger WHERE tenant_id IN (:'acme_id', :'ent_id');
 -- (the plans' limits set here must not reach the tests that follow)
 DELETE FROM tenancy.plan_quotas;

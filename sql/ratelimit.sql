@@ -83,6 +83,16 @@ SELECT tenancy.set_plan_rate_limit('free', 'tiny', 0.001, 5);
 SELECT tenancy.set_tenant('r-acme') IS NOT NULL;
 SELECT tenancy.check_rate('tiny', 5);
 SELECT tenancy.check_rate('tiny');
+-- A rate so small that the wait does not fit in bigint milliseconds waits
+-- "forever" (the largest bigint), never a negative or tiny number.
+RESET app.tenant_id;
+SELECT tenancy.set_plan_rate_limit('free', 'glacial', 1e-300, 1);
+SELECT tenancy.set_tenant('r-acme') IS NOT NULL;
+SELECT tenancy.check_rate('glacial'), tenancy.check_rate('glacial');
+SELECT retry_after_ms FROM tenancy.rate_status('glacial');
+SELECT tenancy.enforce_rate('glacial');
+RESET app.tenant_id;
+SELECT tenancy.set_plan_rate_limit('free', 'glacial', NULL);
 -- Removing it (per_second NULL) removes the limit.
 RESET app.tenant_id;
 SELECT tenancy.set_plan_rate_limit('free', 'tiny', NULL);

@@ -67,6 +67,14 @@ static bool checked_current = false;
 static ExecutorStart_hook_type prev_ExecutorStart = NULL;
 
 /*
+ * Whether a context setting changed inside a security-restricted operation
+ * in this transaction.  The check hooks refuse such changes, but a RESET
+ * (RESET, SET ... TO DEFAULT, set_config(..., NULL, ...), RESET ALL) does
+ * not go through them: such a change is refused where the context is used.
+ */
+static bool changed_while_restricted = false;
+
+/*
  * Forget the validated context.  Called by the assign hooks of every
  * context setting and at the end of each transaction; never fails.
  */
@@ -76,6 +84,16 @@ tenancy_context_invalidate(void)
 	context_valid = false;
 	context_tenant = NULL;
 	checked_current = false;
+}
+
+/* Assign hooks of the context settings: a value changes.  Never fails. */
+void
+tenancy_context_assigned(const char *oldval, const char *newval)
+{
+	tenancy_context_invalidate();
+	if (InSecurityRestrictedOperation() &&
+		strcmp(oldval ? oldval : "", newval ? newval : "") != 0)
+		changed_while_restricted = true;
 }
 
 /* Assign hook of tenancy.context_checked: it no longer says what we set. */
@@ -254,6 +272,7 @@ static void
 context_xact_callback(XactEvent event, void *arg)
 {
 	tenancy_context_invalidate();
+	changed_while_restricted = false;
 }
 
 static void
@@ -400,6 +419,13 @@ context_validate(pg_uuid_t *result)
 	bool		parsed;
 	bool		leader_checked;
 
+	tenancy_require_preloaded();
+	if (changed_while_restricted && InSecurityRestrictedOperation())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("tenancy: app.tenant_id cannot be changed inside a security-restricted operation"),
+				 errdetail("The tenant context was reset by code running as the owner of a relation (an index expression, a materialized view query or a maintenance command)."),
+				 errhint("Do not change or reset the tenant context in index expressions, materialized view queries or functions they call.")));
 	if (value == NULL || value[0] == '\0')
 	{
 		value = tenancy_guc_default_tenant;
@@ -497,9 +523,14 @@ tenancy_context_current(void)
 void
 tenancy_context_require_own(const pg_uuid_t *tenant)
 {
+	pg_uuid_t	claimed;
+
 	if (tenancy_context_is_admin())
 		return;
-	if (memcmp(tenancy_context_current()->data, tenant->data, UUID_LEN) != 0)
+	/* without any context, no tenant is the caller's own: 42501, not TN001 */
+	if (!tenancy_context_claimed(&claimed) ||
+		memcmp(claimed.data, tenant->data, UUID_LEN) != 0 ||
+		memcmp(tenancy_context_current()->data, tenant->data, UUID_LEN) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("tenancy: permission denied for another tenant"),
@@ -538,6 +569,7 @@ tenancy_set_tenant(PG_FUNCTION_ARGS)
 	char		buf[TENANCY_UUID_STRLEN + 1];
 	pg_uuid_t  *result;
 
+	tenancy_require_preloaded();
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

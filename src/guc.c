@@ -229,11 +229,28 @@ check_app_tenant_id(char **newval, void **extra, GucSource source)
 	return false;
 }
 
-/* Any change of the context invalidates the per-transaction cache. */
+/*
+ * Any change of the context invalidates the per-transaction cache (and one
+ * inside a security-restricted operation, which only a RESET can make past
+ * the check hooks, is refused where the context is used).  An assign hook
+ * runs before the variable takes the new value.
+ */
 static void
-assign_context_setting(const char *newval, void *extra)
+assign_app_tenant_id(const char *newval, void *extra)
 {
-	tenancy_context_invalidate();
+	tenancy_context_assigned(tenancy_guc_tenant_id, newval);
+}
+
+static void
+assign_default_tenant(const char *newval, void *extra)
+{
+	tenancy_context_assigned(tenancy_guc_default_tenant, newval);
+}
+
+static void
+assign_session_binding(const char *newval, void *extra)
+{
+	tenancy_context_assigned(tenancy_guc_session_binding, newval);
 }
 
 static bool
@@ -356,7 +373,7 @@ tenancy_guc_init(void)
 							   PGC_USERSET,
 							   0,
 							   check_app_tenant_id,
-							   assign_context_setting,
+							   assign_app_tenant_id,
 							   NULL);
 
 	DefineCustomStringVariable("tenancy.default_tenant",
@@ -367,7 +384,7 @@ tenancy_guc_init(void)
 							   PGC_SUSET,
 							   0,
 							   check_default_tenant,
-							   assign_context_setting,
+							   assign_default_tenant,
 							   NULL);
 
 	DefineCustomStringVariable("tenancy.session_binding",
@@ -378,7 +395,7 @@ tenancy_guc_init(void)
 							   PGC_SUSET,
 							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
 							   check_session_binding,
-							   assign_context_setting,
+							   assign_session_binding,
 							   NULL);
 
 	DefineCustomStringVariable("tenancy.context_checked",

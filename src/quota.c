@@ -61,8 +61,10 @@
 #include "catalog/pg_class.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
+#include "common/int.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lwlock.h"
@@ -398,6 +400,41 @@ resource_is_automatic(const char *resource)
 }
 
 /*
+ * The table a rows:<table> name designates, or InvalidOid: a name as
+ * regclass accepts it (optionally schema- and database-qualified, quoted
+ * where needed), resolved without raising for bad syntax and without the
+ * schema privilege checks of a query (the name only identifies a counter).
+ */
+static Oid
+table_of_resource_name(const char *name)
+{
+	char	   *copy = pstrdup(name);
+	List	   *parts;
+	Oid			nsp;
+	Oid			relid;
+	int			n;
+
+	if (!SplitIdentifierString(copy, '.', &parts))
+		return InvalidOid;
+	n = list_length(parts);
+	if (n == 3 && strcmp((char *) linitial(parts), get_database_name(MyDatabaseId)) == 0)
+	{
+		parts = list_delete_first(parts);
+		n = 2;
+	}
+	if (n == 1)
+		relid = RelnameGetRelid((char *) linitial(parts));
+	else if (n == 2)
+	{
+		nsp = get_namespace_oid((char *) linitial(parts), true);
+		relid = OidIsValid(nsp) ? get_relname_relid((char *) lsecond(parts), nsp) : InvalidOid;
+	}
+	else
+		relid = InvalidOid;
+	return relid;
+}
+
+/*
  * Canonicalise a resource name into out (TENANCY_RESOURCE_LEN bytes):
  * rows:<table> names the table schema-qualified, as regclass::text prints
  * it with search_path = pg_catalog, whatever the caller's search_path.
@@ -413,12 +450,9 @@ canonical_resource(const char *in, char *out)
 				 errhint("Name a resource such as 'api_calls', 'storage_bytes' or 'rows:public.orders'.")));
 	if (strncmp(in, "rows:", 5) == 0)
 	{
-		List	   *names;
-		Oid			relid;
+		Oid			relid = table_of_resource_name(in + 5);
 		char	   *name;
 
-		names = stringToQualifiedNameList(in + 5);
-		relid = RangeVarGetRelid(makeRangeVarFromNameList(names), NoLock, true);
 		if (!OidIsValid(relid) || get_rel_relkind(relid) == 0 ||
 			(get_rel_relkind(relid) != RELKIND_RELATION &&
 			 get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE))
@@ -886,14 +920,29 @@ pending_reserve(Pending *p, int64 amount, bool has_limit, int64 limit, int64 *us
 
 	for (int attempt = 0; attempt < 2; attempt++)
 	{
+		int64		total;
+		int64		inflight;
+		bool		overflow;
+
 		SpinLockAcquire(&e->mutex);
 		*used = e->committed;
-		ok = !has_limit ||
-			(e->committed + e->reserved + amount - credit <= limit &&
-			 e->committed + e->reserved + amount >= 0);
+		inflight = e->reserved;
+		/* past bigint: over any limit (TQ001), else out of range (22003) */
+		overflow = pg_add_s64_overflow(e->committed, e->reserved, &total) ||
+			pg_add_s64_overflow(total, amount, &total);
+		ok = !overflow &&
+			(!has_limit || (total - credit <= limit && total >= 0));
 		if (ok)
 			e->reserved += amount;
 		SpinLockRelease(&e->mutex);
+		if (overflow && !has_limit)
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("tenancy: usage of resource \"%s\" would be out of range for type bigint",
+							e->key.resource),
+					 errdetail("Committed usage " INT64_FORMAT ", in flight " INT64_FORMAT ", amount " INT64_FORMAT ".",
+							   *used, inflight, amount),
+					 errhint("Release usage with tenancy.release_quota() first.")));
 		if (ok || attempt > 0)
 			break;
 		credit = own_total(e, true);
@@ -1799,13 +1848,11 @@ quota_state(const pg_uuid_t *tenant, const char *resource, QuotaState *st)
 static char *
 display_resource(const char *resource)
 {
-	List	   *names;
 	Oid			relid;
 
 	if (strncmp(resource, "rows:", 5) != 0)
 		return pstrdup(resource);
-	names = stringToQualifiedNameList(resource + 5);
-	relid = RangeVarGetRelid(makeRangeVarFromNameList(names), NoLock, true);
+	relid = table_of_resource_name(resource + 5);
 	if (!OidIsValid(relid))
 		return pstrdup(resource);
 	return psprintf("rows:%s",
@@ -1827,9 +1874,9 @@ quota_check_tuple(TupleDesc desc, const pg_uuid_t *tenant, const char *resource,
 	if (!st->has_limit)
 		allowed = true;
 	else if (strcmp(resource, "api_keys") == 0)
-		allowed = st->used + amount <= st->limit;
+		allowed = st->used <= st->limit && amount <= st->limit - st->used;
 	else
-		allowed = st->inflight + amount <= st->limit;
+		allowed = st->inflight <= st->limit && amount <= st->limit - st->inflight;
 
 	if (!st->has_limit)
 		health = "good";
@@ -1863,7 +1910,7 @@ quota_check_tuple(TupleDesc desc, const pg_uuid_t *tenant, const char *resource,
 }
 
 static int64
-amount_arg(FunctionCallInfo fcinfo, int argno, const char *what)
+amount_arg(FunctionCallInfo fcinfo, int argno, const char *what, bool releasing)
 {
 	int64		amount;
 
@@ -1876,6 +1923,7 @@ amount_arg(FunctionCallInfo fcinfo, int argno, const char *what)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("tenancy: %s must not be negative", what),
+				 releasing ? errhint("Use tenancy.consume_quota() to add usage.") :
 				 errhint("Use tenancy.release_quota() to give usage back.")));
 	return amount;
 }
@@ -1895,7 +1943,7 @@ tenancy_check_quota(PG_FUNCTION_ARGS)
 
 	tenancy_shmem_require();
 	tenancy_quota_resource_arg(fcinfo, 0, resource);
-	amount = amount_arg(fcinfo, 1, "amount");
+	amount = amount_arg(fcinfo, 1, "amount", false);
 	tenancy_quota_tenant_arg(fcinfo, 2, &tenant);
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "tenancy: check_quota must return a composite type");
@@ -1953,7 +2001,7 @@ explicit_call(FunctionCallInfo fcinfo, const char *fn, ExplicitCall *call)
 
 	tenancy_shmem_require();
 	tenancy_quota_resource_arg(fcinfo, 0, call->resource);
-	call->amount = amount_arg(fcinfo, 1, "amount");
+	call->amount = amount_arg(fcinfo, 1, "amount", strcmp(fn, "release_quota") == 0);
 	require_explicit(call->resource, fn);
 	require_writable();
 	memcpy(&call->tenant, tenancy_context_current(), sizeof(pg_uuid_t));
@@ -2123,7 +2171,7 @@ tenancy_require_quota(PG_FUNCTION_ARGS)
 				 errmsg("tenancy: tenant must not be null")));
 	memcpy(&tenant, PG_GETARG_UUID_P(0), sizeof(pg_uuid_t));
 	tenancy_quota_resource_arg(fcinfo, 1, resource);
-	amount = amount_arg(fcinfo, 2, "amount");
+	amount = amount_arg(fcinfo, 2, "amount", false);
 
 	limit_lookup(&tenant, resource, &has_limit, &limit, &period);
 	if (!has_limit)
@@ -2139,7 +2187,7 @@ tenancy_require_quota(PG_FUNCTION_ARGS)
 		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x74716b31, h, 2);
 		(void) LockAcquire(&tag, ExclusiveLock, false, false);
 		used = count_api_keys(&tenant, true);
-		if (used + amount > limit)
+		if (used > limit || amount > limit - used)
 			raise_quota_exceeded(&tenant, resource, used, amount, limit);
 	}
 	else
@@ -2150,7 +2198,7 @@ tenancy_require_quota(PG_FUNCTION_ARGS)
 
 		make_key(&key, &tenant, resource, period_start(period));
 		entry_peek(&key, &committed, &reserved);
-		if (committed + reserved + amount > limit)
+		if (committed + reserved > limit || amount > limit - (committed + reserved))
 			raise_quota_exceeded(&tenant, resource, committed, amount, limit);
 	}
 	PG_RETURN_VOID();

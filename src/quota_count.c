@@ -31,6 +31,8 @@
 
 #include "access/detoast.h"
 #include "access/heapam.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -39,6 +41,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -67,11 +70,16 @@ typedef struct CountState
 	TenancyQuotaCache storage_cache;
 } CountState;
 
-/* relid -> rows:<table>, per backend; emptied by any invalidation. */
+/*
+ * relid -> rows:<table> and the tenant column it is protected by (empty:
+ * not in tenancy.protected_tables), per backend; emptied by any
+ * invalidation (protect() and unprotect() alter the table).
+ */
 typedef struct ResourceName
 {
 	Oid			relid;
 	char		rows_resource[TENANCY_RESOURCE_LEN];
+	NameData	protected_column;
 } ResourceName;
 
 static HTAB *resource_names = NULL;
@@ -120,9 +128,46 @@ rows_resource_lookup(Oid relid, char *out)
 	snprintf(out, TENANCY_RESOURCE_LEN, "rows:%s", name);
 }
 
-/* rows_resource_lookup(), through the backend's cache. */
+/*
+ * The tenant column tenancy.protected_tables lists for relid, or an empty
+ * name.  Read with a fresh snapshot, as the catalogs are.
+ */
 static void
-rows_resource_of(Oid relid, char *out)
+protected_column_lookup(Oid relid, NameData *column)
+{
+	Oid			registry = tenancy_relation_oid("protected_tables", true);
+
+	memset(column, 0, sizeof(NameData));
+	if (OidIsValid(registry))
+	{
+		Relation	rel = table_open(registry, AccessShareLock);
+		Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+		ScanKeyData key;
+		TableScanDesc scan;
+		HeapTuple	tuple;
+
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
+		scan = table_beginscan(rel, snapshot, 1, &key);
+		if ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+		{
+			bool		isnull;
+			Datum		d = heap_getattr(tuple, 2, RelationGetDescr(rel), &isnull);
+
+			if (!isnull)
+				namestrcpy(column, NameStr(*DatumGetName(d)));
+		}
+		table_endscan(scan);
+		UnregisterSnapshot(snapshot);
+		table_close(rel, AccessShareLock);
+	}
+}
+
+/*
+ * rows_resource_lookup() and protected_column_lookup(), through the
+ * backend's cache.
+ */
+static void
+relation_counting(Oid relid, char *out, NameData *column)
 {
 	static bool callbacks_registered = false;
 	ResourceName *rn;
@@ -148,18 +193,46 @@ rows_resource_of(Oid relid, char *out)
 	if (!found)
 	{
 		char		name[TENANCY_RESOURCE_LEN];
+		NameData	col;
 
-		/* the look-up may process invalidations: enter afterwards */
+		/* the look-ups may process invalidations: enter afterwards */
 		rows_resource_lookup(relid, name);
+		protected_column_lookup(relid, &col);
 		if (resource_names == NULL)
 		{
 			memcpy(out, name, TENANCY_RESOURCE_LEN);
+			*column = col;
 			return;
 		}
 		rn = hash_search(resource_names, &relid, HASH_ENTER, &found);
 		memcpy(rn->rows_resource, name, TENANCY_RESOURCE_LEN);
+		rn->protected_column = col;
 	}
 	memcpy(out, rn->rows_resource, TENANCY_RESOURCE_LEN);
+	*column = rn->protected_column;
+}
+
+/*
+ * Does this trigger count for tenancy?  Only its own triggers on the
+ * tables it protects do: tenancy._quota_count() may be attached by anyone
+ * to any table (PostgreSQL checks EXECUTE when it clones a trigger onto a
+ * partition, so PUBLIC has it), and such a trigger must not change any
+ * tenant's usage.  A trigger by another name on a protected table is
+ * refused as well (the DDL guards keep tenancy_* names to tenancy).
+ */
+static void
+require_own_trigger(Trigger *trigger, const char *expected, Oid relid,
+					const NameData *column, const char *argument)
+{
+	if (strcmp(trigger->tgname, expected) != 0 || NameStr(*column)[0] == '\0' ||
+		(argument != NULL && strcmp(NameStr(*column), argument) != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("tenancy: trigger \"%s\" on table \"%s\" may not count quota usage",
+						trigger->tgname, get_rel_name(relid)),
+				 errdetail("Only the trigger %s that tenancy.protect() creates counts usage, on the tables listed in tenancy.protected_tables.",
+						   expected),
+				 errhint("Drop the trigger; protect the table with tenancy.protect() to have its rows counted.")));
 }
 
 /*
@@ -190,19 +263,23 @@ row_storage(HeapTuple tuple, TupleDesc desc, Datum *values, bool *nulls)
 }
 
 static CountState *
-count_state(FunctionCallInfo fcinfo, Relation rel, const char *column)
+count_state(FunctionCallInfo fcinfo, Relation rel, Trigger *trigger)
 {
 	CountState *st = (CountState *) fcinfo->flinfo->fn_extra;
 	TupleDesc	desc = RelationGetDescr(rel);
+	const char *column = trigger->tgargs[0];
 
 	if (st == NULL || st->relid != RelationGetRelid(rel))
 	{
+		NameData	col;
+
 		st = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(CountState));
 		st->relid = RelationGetRelid(rel);
 		st->tenant_attno = SPI_fnumber(desc, column);
 		if (st->tenant_attno <= 0)
 			elog(ERROR, "tenancy: tenant column \"%s\" not found", column);
-		rows_resource_of(st->relid, st->rows_resource);
+		relation_counting(st->relid, st->rows_resource, &col);
+		require_own_trigger(trigger, "tenancy_quota", st->relid, &col, column);
 		snprintf(st->inserted_resource, sizeof(st->inserted_resource),
 				 "rows_inserted:%s", st->rows_resource + 5);
 		snprintf(st->deleted_resource, sizeof(st->deleted_resource),
@@ -267,7 +344,7 @@ tenancy_quota_count(PG_FUNCTION_ARGS)
 
 	rel = trigdata->tg_relation;
 	desc = RelationGetDescr(rel);
-	st = count_state(fcinfo, rel, trigdata->tg_trigger->tgargs[0]);
+	st = count_state(fcinfo, rel, trigdata->tg_trigger);
 
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 		count_row(st, trigdata->tg_trigtuple, desc, 1, true);
@@ -311,7 +388,15 @@ tenancy_quota_truncate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("tenancy: tenancy._quota_truncate() must be fired by TRUNCATE")));
 	if (trigdata->tg_relation->rd_rel->relkind == RELKIND_RELATION)
-		tenancy_quota_forget_relation(RelationGetRelid(trigdata->tg_relation));
+	{
+		Oid			relid = RelationGetRelid(trigdata->tg_relation);
+		char		resource[TENANCY_RESOURCE_LEN];
+		NameData	col;
+
+		relation_counting(relid, resource, &col);
+		require_own_trigger(trigdata->tg_trigger, "tenancy_quota_truncate", relid, &col, NULL);
+		tenancy_quota_forget_relation(relid);
+	}
 	return PointerGetDatum(NULL);
 }
 
@@ -345,7 +430,7 @@ tenancy_quota_adopt(PG_FUNCTION_ARGS)
 	st.tenant_attno = SPI_fnumber(desc, column);
 	if (st.tenant_attno <= 0)
 		elog(ERROR, "tenancy: tenant column \"%s\" not found", column);
-	rows_resource_of(relid, st.rows_resource);
+	rows_resource_lookup(relid, st.rows_resource);
 	st.values = palloc(sizeof(Datum) * Max(desc->natts, 1));
 	st.nulls = palloc(sizeof(bool) * Max(desc->natts, 1));
 

@@ -281,6 +281,21 @@ bucket_get(const RateKey *key, double per_second, int burst, TimestampTz now)
 }
 
 /*
+ * Milliseconds until missing tokens (> 0) come back at per_second: at
+ * least 1, and at most PG_INT64_MAX for a rate so small that the wait does
+ * not fit (a double beyond the int64 range must not be cast).
+ */
+static int64
+wait_ms(double missing, double per_second)
+{
+	double		ms = ceil(missing * 1000.0 / per_second);
+
+	if (isnan(ms) || ms >= (double) PG_INT64_MAX)
+		return PG_INT64_MAX;
+	return ms < 1.0 ? 1 : (int64) ms;
+}
+
+/*
  * Try to take cost tokens.  Returns true if taken; else false and the
  * wait in milliseconds until they would be there.
  */
@@ -308,9 +323,7 @@ take_tokens(const RateKey *key, int cost, double per_second, int burst,
 	b->last = now;
 	SpinLockRelease(&b->mutex);
 	LWLockRelease(tenancy_shmem_lock(TENANCY_LOCK_RATE));
-	*retry_ms = ok ? 0 : (int64) ceil((cost - t) * 1000.0 / per_second);
-	if (!ok && *retry_ms < 1)
-		*retry_ms = 1;
+	*retry_ms = ok ? 0 : wait_ms(cost - t, per_second);
 	return ok;
 }
 
@@ -452,7 +465,7 @@ tenancy_rate_status(PG_FUNCTION_ARGS)
 		values[0] = Float8GetDatum(t);
 		values[1] = Float8GetDatum(per_second);
 		values[2] = Int32GetDatum(burst);
-		values[3] = Int64GetDatum(t >= 1.0 ? 0 : (int64) ceil((1.0 - t) * 1000.0 / per_second));
+		values[3] = Int64GetDatum(t >= 1.0 ? 0 : wait_ms(1.0 - t, per_second));
 	}
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;

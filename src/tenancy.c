@@ -51,11 +51,12 @@ _PG_init(void)
 }
 
 /*
- * SQL: tenancy._assert_preloaded(), called by the install script.  Raises
- * 55000 when the library was not loaded by shared_preload_libraries.
+ * Raise 55000 when the library was not loaded by shared_preload_libraries
+ * (for instance removed from it after CREATE EXTENSION): without it there
+ * is no app.tenant_id to check, and no shared memory.
  */
-Datum
-tenancy_assert_preloaded(PG_FUNCTION_ARGS)
+void
+tenancy_require_preloaded(void)
 {
 	if (!tenancy_preloaded)
 		ereport(ERROR,
@@ -63,5 +64,12 @@ tenancy_assert_preloaded(PG_FUNCTION_ARGS)
 				 errmsg("tenancy: the tenancy library is not preloaded"),
 				 errdetail("tenancy must be loaded at server start: it defines app.tenant_id and owns shared memory."),
 				 errhint("Add tenancy to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* SQL: tenancy._assert_preloaded(), called by the install script. */
+Datum
+tenancy_assert_preloaded(PG_FUNCTION_ARGS)
+{
+	tenancy_require_preloaded();
 	PG_RETURN_VOID();
 }

@@ -35,6 +35,7 @@
 
 /* tenancy.c */
 extern bool tenancy_preloaded;
+extern void tenancy_require_preloaded(void);
 
 /* guc.c */
 extern char *tenancy_guc_tenant_id;
@@ -53,6 +54,7 @@ extern void tenancy_uuid_format(const pg_uuid_t *uuid, char *buf);
 /* context.c */
 extern void tenancy_context_init(void);
 extern void tenancy_context_invalidate(void);
+extern void tenancy_context_assigned(const char *oldval, const char *newval);
 extern void tenancy_context_checked_assigned(void);
 extern bool tenancy_context_role_may_set_any(Oid roleid);
 extern bool tenancy_context_may_set(const pg_uuid_t *tenant);

@@ -38,5 +38,26 @@ is($node->safe_psql('postgres',
 like($stderr, qr/tenancy: app.tenant_id must be a uuid or empty/,
 	'the preloaded library checks app.tenant_id');
 
+# Taken out of shared_preload_libraries after CREATE EXTENSION: using the
+# context says so (55000 and the HINT), rather than "no tenant context".
+$node->safe_psql('postgres', q{
+	SELECT tenancy.create_tenant('acme');
+	CREATE TABLE items (id int);
+	SELECT tenancy.protect('items');
+	CREATE ROLE app;
+	GRANT SELECT ON items TO app;
+});
+$node->append_conf('postgresql.conf', "shared_preload_libraries = ''");
+$node->restart;
+for my $sql ("SELECT tenancy.set_tenant('acme')",
+	"SELECT tenancy.current_tenant_id()",
+	"SET ROLE app; SELECT count(*) FROM items")
+{
+	($ret, $stdout, $stderr) = $node->psql('postgres',
+		"\\set VERBOSITY verbose\n$sql");
+	like($stderr, qr/ERROR:\s+55000: tenancy: the tenancy library is not preloaded.*HINT:\s+Add tenancy to shared_preload_libraries/s,
+		"not preloaded any more: $sql gives 55000");
+}
+
 $node->stop;
 done_testing();
