@@ -61,10 +61,15 @@ CREATE TABLE public.regress_orders (id int, note text);
 CREATE TABLE public.regress_notes (id int);
 CREATE TABLE public.regress_parts (id int, tenant_id uuid) PARTITION BY RANGE (id);
 CREATE TABLE public.regress_parts_1 PARTITION OF public.regress_parts FOR VALUES FROM (0) TO (100);
+CREATE TABLE public.regress_fk_parent (id int PRIMARY KEY);
+CREATE TABLE public.regress_fk_child (id int, pid int REFERENCES public.regress_fk_parent ON DELETE CASCADE);
 CREATE VIEW public.regress_orders_view WITH (security_invoker = true)
     AS SELECT id, note FROM public.regress_orders;
 SELECT tenancy.protect('public.regress_orders'), tenancy.protect('public.regress_notes'),
-       tenancy.protect('public.regress_parts');
+       tenancy.protect('public.regress_parts'), tenancy.protect('public.regress_fk_parent'),
+       tenancy.protect('public.regress_fk_child');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.regress_fk_parent, public.regress_fk_child
+    TO regress_key_user;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.regress_orders, public.regress_notes,
     public.regress_parts, public.regress_parts_1, public.regress_orders_view
     TO regress_key_user, regress_key_defaulted;
@@ -103,6 +108,8 @@ SELECT tenancy.create_api_key('regress-acme', '  ');
 SELECT tenancy.create_api_key('regress-acme', 'x', expires_at => now() - interval '1 day');
 SELECT tenancy.create_api_key('regress-nobody', 'x');
 SELECT tenancy.create_api_key(NULL, 'x');
+SELECT tenancy.create_api_key('regress-acme', 'x', '{{read},{write}}');
+SELECT tenancy.create_api_key('regress-acme', 'x', '{read}', '{{public.a},{public.b}}');
 SELECT count(*) AS keys_of_acme FROM tenancy.api_keys WHERE tenant_id = :'acme';
 
 --
@@ -197,6 +204,11 @@ SELECT tenancy.create_api_key('regress-acme', 'orders only', '{read,write}', '{p
 SELECT tenancy.create_api_key('regress-acme', 'wildcard', '{read,write}', '{public.regress_n*}') AS k_wild \gset
 SELECT tenancy.create_api_key('regress-acme', 'bare name', '{read}', '{regress_notes}') AS k_bare \gset
 SELECT tenancy.create_api_key('regress-acme', 'parts', '{read,write}', '{public.regress_parts}') AS k_parts \gset
+SELECT tenancy.create_api_key('regress-acme', 'child only', '{read,write}', '{public.regress_fk_child}') AS k_child \gset
+SELECT tenancy.create_api_key('regress-acme', 'parent only', '{read,write}', '{public.regress_fk_parent}') AS k_parent \gset
+SELECT tenancy.set_tenant('regress-acme') IS NOT NULL;
+INSERT INTO regress_fk_parent VALUES (1), (2);
+RESET app.tenant_id;
 SELECT tenancy.create_api_key('regress-other', 'other') AS k_other \gset
 ALTER ROLE regress_key_defaulted SET tenancy.default_tenant = :'other';
 SELECT id AS k_other_id FROM tenancy.api_keys WHERE name = 'other' \gset
@@ -349,6 +361,19 @@ SELECT tenancy.authenticate(:'k_parts') IS NOT NULL AS bound;
 INSERT INTO regress_parts (id) VALUES (1), (2);
 SELECT count(*) FROM regress_parts;
 SELECT count(*) FROM regress_parts_1;
+-- PostgreSQL's own foreign-key checks and cascades are part of the
+-- statement the key allowed: they are not judged by its scopes or its
+-- permissions (they do not need the user's privileges either).
+SELECT tenancy.authenticate(:'k_child') IS NOT NULL AS bound;
+INSERT INTO regress_fk_child VALUES (1, 1);
+INSERT INTO regress_fk_child VALUES (2, 3);                 -- 23503, no parent
+SELECT count(*) FROM regress_fk_parent;                     -- 42501, out of scope
+SELECT tenancy.authenticate(:'k_wo') IS NOT NULL AS bound;
+INSERT INTO regress_fk_child VALUES (3, 2);
+SELECT tenancy.authenticate(:'k_parent') IS NOT NULL AS bound;
+DELETE FROM regress_fk_parent WHERE id = 1;                 -- cascades to the child
+SELECT tenancy.authenticate(:'k_full') IS NOT NULL AS bound;
+SELECT id, pid FROM regress_fk_child ORDER BY id;
 
 --
 -- is_local: the binding ends with the transaction
@@ -478,7 +503,8 @@ SELECT count(*) FILTER (WHERE last_used_at IS NOT NULL) > 0 AS some_used,
 DROP VIEW public.regress_orders_view;
 SELECT tenancy.unprotect('public.regress_orders'), tenancy.unprotect('public.regress_notes'),
        tenancy.unprotect('public.regress_parts');
-DROP TABLE public.regress_orders, public.regress_notes, public.regress_parts;
+DROP TABLE public.regress_orders, public.regress_notes, public.regress_parts,
+    public.regress_fk_child, public.regress_fk_parent;
 DROP FUNCTION regress_switch_by_set_clause(), regress_try(text), regress_code(text), regress_key(text),
     regress_base62(bigint), regress_crc32(text);
 DROP ROLE regress_key_admin, regress_key_user, regress_key_defaulted;

@@ -1481,7 +1481,7 @@ GRANT SELECT (id, tenant_id, name, prefix, permissions, scopes, expires_at, last
 
 CREATE FUNCTION tenancy.verify_api_key(key text)
 RETURNS TABLE (tenant_id uuid, key_id uuid, permissions text[], scopes text[])
-LANGUAGE c VOLATILE STRICT PARALLEL UNSAFE ROWS 1
+LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 1
 AS 'MODULE_PATHNAME', 'tenancy_verify_api_key';
 
 CREATE FUNCTION tenancy.authenticate(key text, is_local boolean DEFAULT false) RETURNS uuid
@@ -1518,6 +1518,10 @@ AS $$
 DECLARE
     bad text;
 BEGIN
+    IF pg_catalog.array_ndims(permissions) > 1 OR pg_catalog.array_ndims(scopes) > 1 THEN
+        RAISE EXCEPTION 'tenancy: permissions and scopes must be one-dimensional arrays'
+            USING ERRCODE = '22023', HINT = 'Pass arrays such as ''{read,write}'' and ''{public.orders}''.';
+    END IF;
     IF permissions IS NULL OR array_position(permissions, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'tenancy: permissions must not be null'
             USING ERRCODE = '22023', HINT = 'Pass an array of read, write and admin, e.g. ''{read}''.';

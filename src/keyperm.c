@@ -197,12 +197,24 @@ tenancy_ExecutorCheckPerms(TENANCY_PERMS_HOOK_PARAMS)
 {
 	const TenancyKeyBinding *b = NULL;
 	ListCell   *lc;
+	Oid			userid;
+	int			sec_context;
 
 	if (prev_ExecutorCheckPerms && !TENANCY_PERMS_HOOK_CHAIN(prev_ExecutorCheckPerms))
 		return false;
 	/* Not bound: nothing to do.  Parallel workers: the leader checked. */
 	if (tenancy_guc_session_binding == NULL || tenancy_guc_session_binding[0] == '\0' ||
 		IsParallelWorker())
+		return true;
+
+	/*
+	 * PostgreSQL's own foreign-key checks and actions (ri_triggers.c) run
+	 * as the table's owner with SECURITY_NOFORCE_RLS: they are part of the
+	 * statement the key allowed, not statements of the session, as they do
+	 * not need the user's own privileges either.
+	 */
+	GetUserIdAndSecContext(&userid, &sec_context);
+	if (sec_context & SECURITY_NOFORCE_RLS)
 		return true;
 
 	foreach(lc, TENANCY_PERMS_LIST)
