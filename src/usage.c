@@ -1180,6 +1180,8 @@ tenancy_usage(PG_FUNCTION_ARGS)
 	TEXTARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
 	Datum		args[7];
 	uint64		i;
+	Snapshot	snapshot;
+	SPIPlanPtr	plan;
 
 	if (PG_ARGISNULL(3))
 		granularity = "day";
@@ -1201,6 +1203,14 @@ tenancy_usage(PG_FUNCTION_ARGS)
 	if (!OidIsValid(relid))
 		elog(ERROR, "tenancy: relation tenancy.usage_events is missing");
 
+	/*
+	 * The snapshot comes first: sums a session writes to usage_events leave
+	 * shared memory before that session commits, so whatever this snapshot
+	 * sees written is no longer waiting when the waiting sums are read
+	 * after it.  (The other order could count a sum twice: read waiting,
+	 * then written and committed, then seen by a later snapshot.)
+	 */
+	snapshot = RegisterSnapshot(GetTransactionSnapshot());
 	unwritten_arrays(&tenant, &args[4], &args[5], &args[6]);
 	args[0] = UUIDPGetDatum(&tenant);
 	args[1] = CStringGetTextDatum(granularity);
@@ -1216,25 +1226,28 @@ tenancy_usage(PG_FUNCTION_ARGS)
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	/* Not read-only: a new snapshot, which sees what usage_flush() wrote. */
-	if (SPI_execute_with_args(
-							  "WITH b AS (SELECT date_trunc($2, $3, 'UTC') AS lo, $4 AS hi) "
-							  "SELECT s.period_start, s.resource, sum(s.amount)::bigint "
-							  "  FROM (SELECT r.period_start, r.resource, r.amount "
-							  "          FROM tenancy.usage_rollups r, b "
-							  "         WHERE r.tenant_id = $1 AND r.granularity = $2 "
-							  "           AND r.period_start >= b.lo AND r.period_start < b.hi "
-							  "        UNION ALL "
-							  "        SELECT date_trunc($2, e.at, 'UTC'), e.resource, e.amount "
-							  "          FROM tenancy.usage_events e, b "
-							  "         WHERE e.tenant_id = $1 AND e.at >= b.lo "
-							  "           AND date_trunc($2, e.at, 'UTC') < b.hi "
-							  "        UNION ALL "
-							  "        SELECT date_trunc($2, u.a, 'UTC'), u.r, u.m "
-							  "          FROM ROWS FROM (unnest($5), unnest($6), unnest($7)) AS u(r, a, m), b "
-							  "         WHERE u.a >= b.lo AND date_trunc($2, u.a, 'UTC') < b.hi) s "
-							  " GROUP BY 1, 2 ORDER BY 1, 2",
-							  7, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+	plan = SPI_prepare("WITH b AS (SELECT date_trunc($2, $3, 'UTC') AS lo, $4 AS hi) "
+					   "SELECT s.period_start, s.resource, sum(s.amount)::bigint "
+					   "  FROM (SELECT r.period_start, r.resource, r.amount "
+					   "          FROM tenancy.usage_rollups r, b "
+					   "         WHERE r.tenant_id = $1 AND r.granularity = $2 "
+					   "           AND r.period_start >= b.lo AND r.period_start < b.hi "
+					   "        UNION ALL "
+					   "        SELECT date_trunc($2, e.at, 'UTC'), e.resource, e.amount "
+					   "          FROM tenancy.usage_events e, b "
+					   "         WHERE e.tenant_id = $1 AND e.at >= b.lo "
+					   "           AND date_trunc($2, e.at, 'UTC') < b.hi "
+					   "        UNION ALL "
+					   "        SELECT date_trunc($2, u.a, 'UTC'), u.r, u.m "
+					   "          FROM ROWS FROM (unnest($5), unnest($6), unnest($7)) AS u(r, a, m), b "
+					   "         WHERE u.a >= b.lo AND date_trunc($2, u.a, 'UTC') < b.hi) s "
+					   " GROUP BY 1, 2 ORDER BY 1, 2",
+					   7, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "tenancy: preparing the usage query failed: %s",
+			 SPI_result_code_string(SPI_result));
+	if (SPI_execute_snapshot(plan, args, NULL, snapshot, InvalidSnapshot,
+							 true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "tenancy: reading usage failed");
 
 	for (i = 0; i < SPI_processed; i++)
@@ -1248,6 +1261,7 @@ tenancy_usage(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(tupstore, tupdesc, values, nulls);
 	}
 	SPI_finish();
+	UnregisterSnapshot(snapshot);
 	AtEOXact_GUC(true, save_nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec);
 	return (Datum) 0;
