@@ -1819,7 +1819,7 @@ BEGIN
                     AND t.deleted_at OPERATOR(pg_catalog.<=) (now() OPERATOR(pg_catalog.-) purge_after::interval)
                   ORDER BY t.deleted_at LOOP
             BEGIN
-                PERFORM tenancy.purge_tenant(r.slug);
+                PERFORM tenancy.purge_tenant(r.id::text);
                 purged := purged + 1;
             EXCEPTION WHEN OTHERS THEN
                 failed := failed + 1;

@@ -310,27 +310,46 @@ tenancy_tenants_changed(PG_FUNCTION_ARGS)
 }
 
 /*
- * Resolve a tenant given as a uuid's text or a slug.  Returns false when
+ * Is s a valid slug: 3 to 32 characters of a-z, 0-9 and -, not starting or
+ * ending with - (the CHECK constraint tenants_slug_check)?
+ */
+static bool
+is_slug(const char *s)
+{
+	size_t		len = strlen(s);
+	size_t		i;
+
+	if (len < 3 || len > 32 || s[0] == '-' || s[len - 1] == '-')
+		return false;
+	for (i = 0; i < len; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+			return false;
+	return true;
+}
+
+/*
+ * Resolve a tenant given as a slug or a uuid's text.  Returns false when
  * none matches.
+ *
+ * A string that is a valid slug is always a slug: 32 lower-case hex digits
+ * are both a slug and a uuid without hyphens, and must name the tenant with
+ * that slug, never the tenant with that id (which may be another one).
+ * Anything else is parsed as a uuid in any form uuid_in accepts; the
+ * canonical form has 36 characters, so it is never a slug.
  */
 bool
 tenancy_tenant_try_resolve(const char *tenant, TenancyTenant *out)
 {
 	pg_uuid_t	id;
+	TenantRow	row;
 
-	if (tenancy_uuid_parse(tenant, &id))
-		return tenancy_tenant_lookup(&id, out);
-	if (strlen(tenant) >= NAMEDATALEN)
-		return false;			/* longer than any slug */
-	{
-		TenantRow	row;
-
-		if (!tenant_scan("tenants_slug_key", Anum_tenants_slug, F_TEXTEQ,
-						 C_COLLATION_OID, CStringGetTextDatum(tenant), false, &row))
-			return false;
-		row_effective(&row, out);
-		return true;
-	}
+	if (!is_slug(tenant))
+		return tenancy_uuid_parse(tenant, &id) && tenancy_tenant_lookup(&id, out);
+	if (!tenant_scan("tenants_slug_key", Anum_tenants_slug, F_TEXTEQ,
+					 C_COLLATION_OID, CStringGetTextDatum(tenant), false, &row))
+		return false;
+	row_effective(&row, out);
+	return true;
 }
 
 /* As tenancy_tenant_try_resolve, raising TN002 when none matches. */
