@@ -263,6 +263,12 @@ BEGIN
            -- A second delete_tenant() keeps the first date (purge_after counts from it).
            deleted_at = CASE WHEN new_status OPERATOR(pg_catalog.=) 'deleted' THEN coalesce(t.deleted_at, now()) END
      WHERE t.id OPERATOR(pg_catalog.=) tid;
+    -- Purged by a transaction that committed while this one waited for it.
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenancy: unknown tenant'
+            USING ERRCODE = 'TN002', DETAIL = format('No tenant has the slug or id "%s".', tenant),
+                  HINT = 'Pass the slug or the id of an existing tenant.';
+    END IF;
     -- Audit rows name tenants by slug, however the caller named them.
     PERFORM tenancy._audit(action, tid,
         (SELECT t.slug FROM tenancy.tenants t WHERE t.id OPERATOR(pg_catalog.=) tid), details);
@@ -988,7 +994,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     tid uuid := tenancy.tenant_id(tenant);
-    st text := tenancy.tenant_status(tenant);
+    st text;
     r record;
     n bigint;
     before bigint := 0;
@@ -1001,6 +1007,20 @@ DECLARE
     failure text;
     purged_slug text;
 BEGIN
+    -- Lock the tenant's row, then check it is deleted: a concurrent status
+    -- change (activate_tenant) either waits for the purge, or has committed
+    -- and the purge fails.
+    SELECT CASE WHEN t.status OPERATOR(pg_catalog.=) 'active'
+                     AND t.expires_at OPERATOR(pg_catalog.<=) now() THEN 'expired'
+                ELSE t.status END
+      INTO st
+      FROM tenancy.tenants t WHERE t.id OPERATOR(pg_catalog.=) tid
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenancy: unknown tenant'
+            USING ERRCODE = 'TN002', DETAIL = format('No tenant has the slug or id "%s".', tenant),
+                  HINT = 'Pass the slug or the id of an existing tenant.';
+    END IF;
     IF st OPERATOR(pg_catalog.<>) 'deleted' THEN
         RAISE EXCEPTION 'tenancy: only a deleted tenant can be purged'
             USING ERRCODE = '55000', DETAIL = format('Tenant %s is %s.', tenant, st),
