@@ -988,6 +988,11 @@ CREATE EVENT TRIGGER tenancy_drop_guard ON sql_drop
 -- 1. Purge (needs protected tables)
 --------------------------------------------------------------------------
 
+-- Wait for the other transactions that validated a context for tid and
+-- may still write its rows (C, shared memory); internal to purge_tenant().
+CREATE FUNCTION tenancy._purge_wait(tid uuid) RETURNS integer
+LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'tenancy_purge_wait';
+
 CREATE FUNCTION tenancy.purge_tenant(tenant text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1007,6 +1012,15 @@ DECLARE
     failure text;
     purged_slug text;
 BEGIN
+    -- Each DELETE below must see the rows that the transactions waited for
+    -- committed: a new snapshot per statement.
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN
+        RAISE EXCEPTION 'tenancy: a tenant can be purged only in a READ COMMITTED transaction'
+            USING ERRCODE = '55000',
+                  DETAIL = format('This transaction is %s: rows of the tenant committed after its snapshot would be left behind.',
+                                  pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))),
+                  HINT = 'Call tenancy.purge_tenant() in a READ COMMITTED transaction.';
+    END IF;
     -- Lock the tenant's row, then check it is deleted: a concurrent status
     -- change (activate_tenant) either waits for the purge, or has committed
     -- and the purge fails.
@@ -1026,6 +1040,10 @@ BEGIN
             USING ERRCODE = '55000', DETAIL = format('Tenant %s is %s.', tenant, st),
                   HINT = 'Call tenancy.delete_tenant() first.';
     END IF;
+    -- Transactions that validated a context for the tenant before it was
+    -- deleted may still write its rows: wait until they end.  Later ones
+    -- see it deleted (TN003).
+    PERFORM tenancy._purge_wait(tid);
     -- Leaf tables only: a partitioned table's rows are its partitions'.
     SELECT pg_catalog.array_agg(p.relid ORDER BY p.relid), pg_catalog.array_agg(p.tenant_column ORDER BY p.relid)
       INTO pending, cols

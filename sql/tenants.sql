@@ -141,6 +141,14 @@ SELECT regress_try($$SELECT tenancy.purge_tenant('acme')$$);
 SELECT tenancy.suspend_tenant('acme');
 SELECT regress_try($$SELECT tenancy.purge_tenant('acme')$$);
 SELECT tenancy.activate_tenant('acme');
+-- Only in a READ COMMITTED transaction (55000): each of its deletes must
+-- see what the transactions it waits for have committed.
+SELECT tenancy.create_tenant('rr-one') IS NOT NULL AS created;
+SELECT tenancy.delete_tenant('rr-one');
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT regress_try($$SELECT tenancy.purge_tenant('rr-one')$$);
+ROLLBACK;
+SELECT tenancy.purge_tenant('rr-one');
 
 -- Purge removes the tenant's rows from every protected table (partitions
 -- counted once, rows removed by a cascading foreign key between protected

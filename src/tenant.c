@@ -50,6 +50,7 @@
 PG_FUNCTION_INFO_V1(tenancy_tenant_id);
 PG_FUNCTION_INFO_V1(tenancy_tenant_status);
 PG_FUNCTION_INFO_V1(tenancy_tenants_changed);
+PG_FUNCTION_INFO_V1(tenancy_purge_wait);
 
 /* Column numbers of tenancy.tenants, in the order the install script makes. */
 #define Anum_tenants_id			1
@@ -435,4 +436,24 @@ tenancy_tenant_status(PG_FUNCTION_ARGS)
 				 errdetail("This session may ask only about its own tenant."),
 				 errhint("Call as a member of tenancy_admin.")));
 	PG_RETURN_TEXT_P(cstring_to_text(tenant.status));
+}
+
+/*
+ * SQL: tenancy._purge_wait(tid uuid) RETURNS integer, internal to
+ * purge_tenant(), which calls it after locking the deleted tenant's row and
+ * before deleting anything: waits until every other transaction that
+ * validated a context for the tenant (and so may still write its rows) has
+ * ended.  Transactions that validate later see the status deleted and fail
+ * with TN003.  Returns how many transactions it waited for.
+ */
+Datum
+tenancy_purge_wait(PG_FUNCTION_ARGS)
+{
+	tenancy_shmem_require();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: tenant must not be null"),
+				 errhint("Pass a tenant's id.")));
+	PG_RETURN_INT32(tenancy_shmem_wait_for_writers(PG_GETARG_UUID_P(0)));
 }
