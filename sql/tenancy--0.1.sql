@@ -862,6 +862,9 @@ DECLARE
     touched oid[] := '{}';
     known oid[];
     altered boolean := false;
+    rel oid;
+    audit_rel oid := pg_catalog.to_regclass('tenancy.audit_log');
+    audit_touched boolean := false;
 BEGIN
     IF tenancy._ddl_bypass(NULL) THEN
         RETURN;
@@ -882,15 +885,18 @@ BEGIN
         END IF;
         altered := altered OR cmd.command_tag OPERATOR(pg_catalog.=) 'ALTER TABLE';
         -- The relation the command is about.
-        IF cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass THEN
-            touched := touched OPERATOR(pg_catalog.||) cmd.objid;
-        ELSIF cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass THEN
-            touched := touched OPERATOR(pg_catalog.||)
-                       (SELECT polrelid FROM pg_policy WHERE oid OPERATOR(pg_catalog.=) cmd.objid);
-        ELSIF cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass THEN
-            touched := touched OPERATOR(pg_catalog.||)
-                       (SELECT tgrelid FROM pg_trigger WHERE oid OPERATOR(pg_catalog.=) cmd.objid);
+        rel := CASE
+            WHEN cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass THEN cmd.objid
+            WHEN cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass THEN
+                (SELECT polrelid FROM pg_policy WHERE oid OPERATOR(pg_catalog.=) cmd.objid)
+            WHEN cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass THEN
+                (SELECT tgrelid FROM pg_trigger WHERE oid OPERATOR(pg_catalog.=) cmd.objid)
+            END;
+        IF rel IS NOT NULL THEN
+            touched := touched OPERATOR(pg_catalog.||) rel;
         END IF;
+        -- The audit log's guard, outside the extension's own scripts.
+        audit_touched := audit_touched OR (NOT cmd.in_extension AND rel OPERATOR(pg_catalog.=) audit_rel);
         IF cmd.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
            AND NOT cmd.in_extension
            AND cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
@@ -928,6 +934,9 @@ BEGIN
         PERFORM tenancy._repair_triggers(known);
     END IF;
     PERFORM tenancy._check_protected(touched, known);
+    IF audit_touched THEN
+        PERFORM tenancy._check_audit_guard(NULL);
+    END IF;
 END
 $$;
 
@@ -964,6 +973,15 @@ BEGIN
                                       rel, obj.object_type, obj.address_names[3]),
                       HINT = 'A member of tenancy_admin can call tenancy.unprotect() first.';
         END IF;
+    END LOOP;
+    -- The append-only guard of the audit log, while the log stays.
+    FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects()
+              WHERE object_type OPERATOR(pg_catalog.=) 'trigger'
+                AND address_names[1] OPERATOR(pg_catalog.=) 'tenancy'
+                AND address_names[2] OPERATOR(pg_catalog.=) 'audit_log'
+                AND address_names[3] IN ('audit_log_append_only', 'audit_log_no_truncate')
+                AND pg_catalog.to_regclass('tenancy.audit_log') IS NOT NULL LOOP
+        PERFORM tenancy._check_audit_guard(format('trigger %s would be dropped', obj.address_names[3]));
     END LOOP;
 END
 $$;
@@ -1949,6 +1967,54 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON tenancy.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy._audit_guard();
 ALTER TABLE tenancy.audit_log ENABLE ALWAYS TRIGGER audit_log_append_only,
                               ENABLE ALWAYS TRIGGER audit_log_no_truncate;
+
+-- Raise 42501 when the append-only guard of tenancy.audit_log is no longer
+-- intact (both triggers there, unchanged, ENABLE ALWAYS), or for problem
+-- when given.  Called by the DDL guards (_on_ddl_command_end, _on_sql_drop)
+-- for commands outside the extension's own scripts and maintenance
+-- (_ddl_bypass): DISABLE TRIGGER, ENABLE REPLICA TRIGGER, DROP TRIGGER,
+-- ALTER TRIGGER ... RENAME, CREATE OR REPLACE TRIGGER.  Internal.
+CREATE FUNCTION tenancy._check_audit_guard(problem text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel oid := pg_catalog.to_regclass('tenancy.audit_log');
+    guard regprocedure := pg_catalog.to_regprocedure('tenancy._audit_guard()');
+BEGIN
+    IF problem IS NULL THEN
+        SELECT CASE
+            WHEN NOT EXISTS (SELECT FROM pg_trigger t
+                              WHERE t.tgrelid OPERATOR(pg_catalog.=) rel
+                                AND t.tgname OPERATOR(pg_catalog.=) 'audit_log_append_only'
+                                AND t.tgfoid OPERATOR(pg_catalog.=) guard
+                                AND t.tgtype OPERATOR(pg_catalog.=) 27  -- BEFORE UPDATE OR DELETE FOR EACH ROW
+                                AND t.tgqual IS NULL
+                                AND t.tgattr OPERATOR(pg_catalog.=) ''::pg_catalog.int2vector) THEN
+                'trigger audit_log_append_only would be dropped, renamed or changed'
+            WHEN NOT EXISTS (SELECT FROM pg_trigger t
+                              WHERE t.tgrelid OPERATOR(pg_catalog.=) rel
+                                AND t.tgname OPERATOR(pg_catalog.=) 'audit_log_no_truncate'
+                                AND t.tgfoid OPERATOR(pg_catalog.=) guard
+                                AND t.tgtype OPERATOR(pg_catalog.=) 34  -- BEFORE TRUNCATE FOR EACH STATEMENT
+                                AND t.tgqual IS NULL) THEN
+                'trigger audit_log_no_truncate would be dropped, renamed or changed'
+            ELSE (SELECT format('trigger %s would be disabled or no longer ENABLE ALWAYS', t.tgname)
+                    FROM pg_trigger t
+                   WHERE t.tgrelid OPERATOR(pg_catalog.=) rel
+                     AND t.tgname IN ('audit_log_append_only', 'audit_log_no_truncate')
+                     AND t.tgenabled OPERATOR(pg_catalog.<>) 'A'
+                   ORDER BY t.tgname LIMIT 1)
+            END INTO problem;
+    END IF;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'tenancy: the audit log is append-only'
+            USING ERRCODE = '42501',
+                  DETAIL = format('This command would weaken the guard of tenancy.audit_log: %s.', problem),
+                  HINT = 'Old audit rows are removed by tenancy.run_maintenance() after tenancy.audit_retention.';
+    END IF;
+END
+$$;
 
 -- Quota usage ratios by tenant and resource, for tenancy.stats: used over
 -- limit for every resource with a limit, of every tenant not deleted.
