@@ -1731,7 +1731,9 @@ CREATE INDEX usage_rollups_tenant_period_idx
 SELECT pg_catalog.pg_extension_config_dump('tenancy.usage_rollups', '');
 
 -- One row: when run_maintenance() last ran and what it did.  Its row lock
--- makes concurrent runs take turns.
+-- makes concurrent runs take turns.  Deliberately not dumped (no
+-- pg_extension_config_dump): CREATE EXTENSION creates the row, and the
+-- old server's last run says nothing about the restored one.
 CREATE TABLE tenancy.maintenance_state (
     id          boolean PRIMARY KEY DEFAULT true CONSTRAINT maintenance_state_one_row CHECK (id),
     last_run    timestamptz,
