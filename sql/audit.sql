@@ -44,6 +44,29 @@ SELECT pg_temp.err($$TRUNCATE tenancy.audit_log$$);
 SET session_replication_role = replica;
 SELECT pg_temp.err($$DELETE FROM tenancy.audit_log$$);
 RESET session_replication_role;
+-- Nor can its owner, or any superuser, switch the guard off (42501):
+-- disable, replicate-only, drop, rename or replace its triggers.
+SELECT c, pg_temp.err(c) FROM unnest(ARRAY[
+    'ALTER TABLE tenancy.audit_log DISABLE TRIGGER audit_log_append_only',
+    'ALTER TABLE tenancy.audit_log DISABLE TRIGGER audit_log_no_truncate',
+    'ALTER TABLE tenancy.audit_log DISABLE TRIGGER ALL',
+    'ALTER TABLE tenancy.audit_log DISABLE TRIGGER USER',
+    'ALTER TABLE tenancy.audit_log ENABLE REPLICA TRIGGER audit_log_append_only',
+    'ALTER TABLE tenancy.audit_log ENABLE TRIGGER audit_log_no_truncate',
+    'DROP TRIGGER audit_log_append_only ON tenancy.audit_log',
+    'DROP TRIGGER audit_log_no_truncate ON tenancy.audit_log',
+    'ALTER TRIGGER audit_log_append_only ON tenancy.audit_log RENAME TO audit_log_off',
+    'CREATE OR REPLACE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON tenancy.audit_log '
+        'FOR EACH ROW WHEN (false) EXECUTE FUNCTION tenancy._audit_guard()',
+    'CREATE OR REPLACE TRIGGER audit_log_append_only BEFORE UPDATE OF details ON tenancy.audit_log '
+        'FOR EACH ROW EXECUTE FUNCTION tenancy._audit_guard()'
+]) c;
+SELECT tgname, tgenabled, tgtype FROM pg_trigger
+ WHERE tgrelid = 'tenancy.audit_log'::regclass ORDER BY tgname;
+ALTER TABLE tenancy.audit_log DISABLE TRIGGER ALL;
+-- What leaves the guard as it was is allowed.
+ALTER TABLE tenancy.audit_log ENABLE ALWAYS TRIGGER audit_log_append_only;
+SELECT pg_temp.err($$DELETE FROM tenancy.audit_log$$);
 \set VERBOSITY default
 DELETE FROM tenancy.audit_log WHERE action = 'tenant.create';
 \set VERBOSITY terse

@@ -263,6 +263,12 @@ BEGIN
            -- A second delete_tenant() keeps the first date (purge_after counts from it).
            deleted_at = CASE WHEN new_status OPERATOR(pg_catalog.=) 'deleted' THEN coalesce(t.deleted_at, now()) END
      WHERE t.id OPERATOR(pg_catalog.=) tid;
+    -- Purged by a transaction that committed while this one waited for it.
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenancy: unknown tenant'
+            USING ERRCODE = 'TN002', DETAIL = format('No tenant has the slug or id "%s".', tenant),
+                  HINT = 'Pass the slug or the id of an existing tenant.';
+    END IF;
     -- Audit rows name tenants by slug, however the caller named them.
     PERFORM tenancy._audit(action, tid,
         (SELECT t.slug FROM tenancy.tenants t WHERE t.id OPERATOR(pg_catalog.=) tid), details);
@@ -856,6 +862,9 @@ DECLARE
     touched oid[] := '{}';
     known oid[];
     altered boolean := false;
+    rel oid;
+    audit_rel oid := pg_catalog.to_regclass('tenancy.audit_log');
+    audit_touched boolean := false;
 BEGIN
     IF tenancy._ddl_bypass(NULL) THEN
         RETURN;
@@ -876,15 +885,18 @@ BEGIN
         END IF;
         altered := altered OR cmd.command_tag OPERATOR(pg_catalog.=) 'ALTER TABLE';
         -- The relation the command is about.
-        IF cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass THEN
-            touched := touched OPERATOR(pg_catalog.||) cmd.objid;
-        ELSIF cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass THEN
-            touched := touched OPERATOR(pg_catalog.||)
-                       (SELECT polrelid FROM pg_policy WHERE oid OPERATOR(pg_catalog.=) cmd.objid);
-        ELSIF cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass THEN
-            touched := touched OPERATOR(pg_catalog.||)
-                       (SELECT tgrelid FROM pg_trigger WHERE oid OPERATOR(pg_catalog.=) cmd.objid);
+        rel := CASE
+            WHEN cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass THEN cmd.objid
+            WHEN cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass THEN
+                (SELECT polrelid FROM pg_policy WHERE oid OPERATOR(pg_catalog.=) cmd.objid)
+            WHEN cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass THEN
+                (SELECT tgrelid FROM pg_trigger WHERE oid OPERATOR(pg_catalog.=) cmd.objid)
+            END;
+        IF rel IS NOT NULL THEN
+            touched := touched OPERATOR(pg_catalog.||) rel;
         END IF;
+        -- The audit log's guard, outside the extension's own scripts.
+        audit_touched := audit_touched OR (NOT cmd.in_extension AND rel OPERATOR(pg_catalog.=) audit_rel);
         IF cmd.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
            AND NOT cmd.in_extension
            AND cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
@@ -922,6 +934,9 @@ BEGIN
         PERFORM tenancy._repair_triggers(known);
     END IF;
     PERFORM tenancy._check_protected(touched, known);
+    IF audit_touched THEN
+        PERFORM tenancy._check_audit_guard(NULL);
+    END IF;
 END
 $$;
 
@@ -959,6 +974,15 @@ BEGIN
                       HINT = 'A member of tenancy_admin can call tenancy.unprotect() first.';
         END IF;
     END LOOP;
+    -- The append-only guard of the audit log, while the log stays.
+    FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects()
+              WHERE object_type OPERATOR(pg_catalog.=) 'trigger'
+                AND address_names[1] OPERATOR(pg_catalog.=) 'tenancy'
+                AND address_names[2] OPERATOR(pg_catalog.=) 'audit_log'
+                AND address_names[3] IN ('audit_log_append_only', 'audit_log_no_truncate')
+                AND pg_catalog.to_regclass('tenancy.audit_log') IS NOT NULL LOOP
+        PERFORM tenancy._check_audit_guard(format('trigger %s would be dropped', obj.address_names[3]));
+    END LOOP;
 END
 $$;
 
@@ -982,13 +1006,18 @@ CREATE EVENT TRIGGER tenancy_drop_guard ON sql_drop
 -- 1. Purge (needs protected tables)
 --------------------------------------------------------------------------
 
+-- Wait for the other transactions that validated a context for tid and
+-- may still write its rows (C, shared memory); internal to purge_tenant().
+CREATE FUNCTION tenancy._purge_wait(tid uuid) RETURNS integer
+LANGUAGE c VOLATILE STRICT AS 'MODULE_PATHNAME', 'tenancy_purge_wait';
+
 CREATE FUNCTION tenancy.purge_tenant(tenant text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     tid uuid := tenancy.tenant_id(tenant);
-    st text := tenancy.tenant_status(tenant);
+    st text;
     r record;
     n bigint;
     before bigint := 0;
@@ -1001,11 +1030,38 @@ DECLARE
     failure text;
     purged_slug text;
 BEGIN
+    -- Each DELETE below must see the rows that the transactions waited for
+    -- committed: a new snapshot per statement.
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN
+        RAISE EXCEPTION 'tenancy: a tenant can be purged only in a READ COMMITTED transaction'
+            USING ERRCODE = '55000',
+                  DETAIL = format('This transaction is %s: rows of the tenant committed after its snapshot would be left behind.',
+                                  pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))),
+                  HINT = 'Call tenancy.purge_tenant() in a READ COMMITTED transaction.';
+    END IF;
+    -- Lock the tenant's row, then check it is deleted: a concurrent status
+    -- change (activate_tenant) either waits for the purge, or has committed
+    -- and the purge fails.
+    SELECT CASE WHEN t.status OPERATOR(pg_catalog.=) 'active'
+                     AND t.expires_at OPERATOR(pg_catalog.<=) now() THEN 'expired'
+                ELSE t.status END
+      INTO st
+      FROM tenancy.tenants t WHERE t.id OPERATOR(pg_catalog.=) tid
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenancy: unknown tenant'
+            USING ERRCODE = 'TN002', DETAIL = format('No tenant has the slug or id "%s".', tenant),
+                  HINT = 'Pass the slug or the id of an existing tenant.';
+    END IF;
     IF st OPERATOR(pg_catalog.<>) 'deleted' THEN
         RAISE EXCEPTION 'tenancy: only a deleted tenant can be purged'
             USING ERRCODE = '55000', DETAIL = format('Tenant %s is %s.', tenant, st),
                   HINT = 'Call tenancy.delete_tenant() first.';
     END IF;
+    -- Transactions that validated a context for the tenant before it was
+    -- deleted may still write its rows: wait until they end.  Later ones
+    -- see it deleted (TN003).
+    PERFORM tenancy._purge_wait(tid);
     -- Leaf tables only: a partitioned table's rows are its partitions'.
     SELECT pg_catalog.array_agg(p.relid ORDER BY p.relid), pg_catalog.array_agg(p.tenant_column ORDER BY p.relid)
       INTO pending, cols
@@ -1679,7 +1735,9 @@ CREATE INDEX usage_rollups_tenant_period_idx
 SELECT pg_catalog.pg_extension_config_dump('tenancy.usage_rollups', '');
 
 -- One row: when run_maintenance() last ran and what it did.  Its row lock
--- makes concurrent runs take turns.
+-- makes concurrent runs take turns.  Deliberately not dumped (no
+-- pg_extension_config_dump): CREATE EXTENSION creates the row, and the
+-- old server's last run says nothing about the restored one.
 CREATE TABLE tenancy.maintenance_state (
     id          boolean PRIMARY KEY DEFAULT true CONSTRAINT maintenance_state_one_row CHECK (id),
     last_run    timestamptz,
@@ -1823,7 +1881,7 @@ BEGIN
                     AND t.deleted_at OPERATOR(pg_catalog.<=) (now() OPERATOR(pg_catalog.-) purge_after::interval)
                   ORDER BY t.deleted_at LOOP
             BEGIN
-                PERFORM tenancy.purge_tenant(r.slug);
+                PERFORM tenancy.purge_tenant(r.id::text);
                 purged := purged + 1;
             EXCEPTION WHEN OTHERS THEN
                 failed := failed + 1;
@@ -1915,6 +1973,54 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON tenancy.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy._audit_guard();
 ALTER TABLE tenancy.audit_log ENABLE ALWAYS TRIGGER audit_log_append_only,
                               ENABLE ALWAYS TRIGGER audit_log_no_truncate;
+
+-- Raise 42501 when the append-only guard of tenancy.audit_log is no longer
+-- intact (both triggers there, unchanged, ENABLE ALWAYS), or for problem
+-- when given.  Called by the DDL guards (_on_ddl_command_end, _on_sql_drop)
+-- for commands outside the extension's own scripts and maintenance
+-- (_ddl_bypass): DISABLE TRIGGER, ENABLE REPLICA TRIGGER, DROP TRIGGER,
+-- ALTER TRIGGER ... RENAME, CREATE OR REPLACE TRIGGER.  Internal.
+CREATE FUNCTION tenancy._check_audit_guard(problem text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel oid := pg_catalog.to_regclass('tenancy.audit_log');
+    guard regprocedure := pg_catalog.to_regprocedure('tenancy._audit_guard()');
+BEGIN
+    IF problem IS NULL THEN
+        SELECT CASE
+            WHEN NOT EXISTS (SELECT FROM pg_trigger t
+                              WHERE t.tgrelid OPERATOR(pg_catalog.=) rel
+                                AND t.tgname OPERATOR(pg_catalog.=) 'audit_log_append_only'
+                                AND t.tgfoid OPERATOR(pg_catalog.=) guard
+                                AND t.tgtype OPERATOR(pg_catalog.=) 27  -- BEFORE UPDATE OR DELETE FOR EACH ROW
+                                AND t.tgqual IS NULL
+                                AND t.tgattr OPERATOR(pg_catalog.=) ''::pg_catalog.int2vector) THEN
+                'trigger audit_log_append_only would be dropped, renamed or changed'
+            WHEN NOT EXISTS (SELECT FROM pg_trigger t
+                              WHERE t.tgrelid OPERATOR(pg_catalog.=) rel
+                                AND t.tgname OPERATOR(pg_catalog.=) 'audit_log_no_truncate'
+                                AND t.tgfoid OPERATOR(pg_catalog.=) guard
+                                AND t.tgtype OPERATOR(pg_catalog.=) 34  -- BEFORE TRUNCATE FOR EACH STATEMENT
+                                AND t.tgqual IS NULL) THEN
+                'trigger audit_log_no_truncate would be dropped, renamed or changed'
+            ELSE (SELECT format('trigger %s would be disabled or no longer ENABLE ALWAYS', t.tgname)
+                    FROM pg_trigger t
+                   WHERE t.tgrelid OPERATOR(pg_catalog.=) rel
+                     AND t.tgname IN ('audit_log_append_only', 'audit_log_no_truncate')
+                     AND t.tgenabled OPERATOR(pg_catalog.<>) 'A'
+                   ORDER BY t.tgname LIMIT 1)
+            END INTO problem;
+    END IF;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'tenancy: the audit log is append-only'
+            USING ERRCODE = '42501',
+                  DETAIL = format('This command would weaken the guard of tenancy.audit_log: %s.', problem),
+                  HINT = 'Old audit rows are removed by tenancy.run_maintenance() after tenancy.audit_retention.';
+    END IF;
+END
+$$;
 
 -- Quota usage ratios by tenant and resource, for tenancy.stats: used over
 -- limit for every resource with a limit, of every tenant not deleted.

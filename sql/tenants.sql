@@ -59,6 +59,33 @@ SELECT regress_try($$SELECT tenancy.delete_tenant('nobody')$$);
 SELECT regress_try($$SELECT tenancy.purge_tenant('nobody')$$);
 SELECT regress_try($$SELECT tenancy.tenant_status('nobody')$$);
 
+-- A valid slug is always resolved as a slug, also when it reads as a uuid
+-- without hyphens (32 lower-case hex digits); anything else is parsed as a
+-- uuid in any form uuid_in accepts.
+SELECT tenancy.create_tenant(repeat('a', 32)) AS hexslug \gset
+SELECT tenancy.tenant_id(repeat('a', 32)) = :'hexslug' AS hex_slug_by_slug,
+       tenancy.tenant_status(repeat('a', 32)) AS hex_slug_status;
+SELECT regress_try(format('SELECT tenancy.tenant_id(%L)', repeat('b', 32)));
+-- A tenant whose slug is another tenant's id without hyphens: the slug
+-- names the first, the id in any other form the second.
+SELECT tenancy.create_tenant('victim') AS victim \gset
+SELECT tenancy.create_tenant(replace(:'victim', '-', ''), 'Lookalike') AS lookalike \gset
+SELECT tenancy.tenant_id(replace(:'victim', '-', '')) = :'lookalike' AS slug_wins,
+       tenancy.tenant_id(:'victim') = :'victim' AS canonical_is_id,
+       tenancy.tenant_id(upper(replace(:'victim', '-', ''))) = :'victim' AS upper_hex_is_id,
+       tenancy.tenant_id('{' || :'victim' || '}') = :'victim' AS braces_is_id;
+SELECT tenancy.suspend_tenant(replace(:'victim', '-', ''));
+SELECT slug = 'victim' AS is_victim, status FROM tenancy.tenants
+ WHERE id IN (:'victim', :'lookalike') ORDER BY slug = 'victim';
+BEGIN;
+SELECT tenancy.set_tenant(replace(:'victim', '-', '')) = :'lookalike' AS set_lookalike;
+ROLLBACK;
+SELECT tenancy.delete_tenant(replace(:'victim', '-', ''));
+SELECT tenancy.purge_tenant(replace(:'victim', '-', ''));
+SELECT slug, status FROM tenancy.tenants WHERE id IN (:'victim', :'lookalike');
+SELECT tenancy.delete_tenant(t), tenancy.purge_tenant(t)
+  FROM unnest(ARRAY['victim', repeat('a', 32)]) t;
+
 -- update_tenant: NULL means unchanged.
 SELECT tenancy.update_tenant('bolt', name => 'Bolt Inc');
 SELECT name, plan, metadata, expires_at FROM tenancy.tenants WHERE id = :'bolt';
@@ -114,6 +141,14 @@ SELECT regress_try($$SELECT tenancy.purge_tenant('acme')$$);
 SELECT tenancy.suspend_tenant('acme');
 SELECT regress_try($$SELECT tenancy.purge_tenant('acme')$$);
 SELECT tenancy.activate_tenant('acme');
+-- Only in a READ COMMITTED transaction (55000): each of its deletes must
+-- see what the transactions it waits for have committed.
+SELECT tenancy.create_tenant('rr-one') IS NOT NULL AS created;
+SELECT tenancy.delete_tenant('rr-one');
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT regress_try($$SELECT tenancy.purge_tenant('rr-one')$$);
+ROLLBACK;
+SELECT tenancy.purge_tenant('rr-one');
 
 -- Purge removes the tenant's rows from every protected table (partitions
 -- counted once, rows removed by a cascading foreign key between protected

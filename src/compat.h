@@ -23,6 +23,23 @@
 #define TENANCY_HAVE_SHMEM_REQUEST_HOOK 1
 #endif
 
+/*
+ * The number of backends that may run transactions (MaxBackends is known
+ * in shmem_request_hook from 15 on, not yet in _PG_init before), and this
+ * backend's PGPROC number (MyProcNumber from 17 on).
+ */
+#if PG_VERSION_NUM >= 150000
+#define TENANCY_MAX_BACKENDS() MaxBackends
+#else
+#define TENANCY_MAX_BACKENDS() \
+	(MaxConnections + autovacuum_max_workers + 1 + max_worker_processes + max_wal_senders)
+#endif
+#if PG_VERSION_NUM >= 170000
+#define TENANCY_MY_PROCNO MyProcNumber
+#else
+#define TENANCY_MY_PROCNO (MyProc->pgprocno)
+#endif
+
 /* MarkGUCPrefixReserved is 15's name for EmitWarningsOnPlaceholders. */
 #if PG_VERSION_NUM < 150000
 #define MarkGUCPrefixReserved(prefix) EmitWarningsOnPlaceholders(prefix)

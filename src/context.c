@@ -40,6 +40,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -118,6 +119,23 @@ checked_key(const pg_uuid_t *tenant, Oid session_user, char *buf, size_t len)
 }
 
 /*
+ * Before the tenant's status is read for a context of this transaction:
+ * tell purge_tenant() that this transaction may write rows of the tenant
+ * (shmem.c), then take the invalidations sent so far, so that a status
+ * change committed before the purge began is seen even by a transaction
+ * that started earlier and finds the tenant in the backend cache.  Either
+ * the purge sees the slot and waits for this transaction, or this
+ * transaction sees the tenant deleted.  A few stores and a barrier, once
+ * per transaction.
+ */
+static void
+publish_tenant(const pg_uuid_t *tenant)
+{
+	tenancy_shmem_publish_tenant(tenant);
+	AcceptInvalidationMessages();
+}
+
+/*
  * Validate the context without raising, for the leader of a parallel plan
  * that has not used it yet in this transaction: on success the result is
  * cached as if current_tenant_id() had been called; on any problem nothing
@@ -148,6 +166,7 @@ context_validate_quietly(void)
 	/* The library is preloaded everywhere, the extension maybe not here. */
 	if (!OidIsValid(tenancy_relation_oid("tenants", true)))
 		return;
+	publish_tenant(&tenant);
 	if (!tenancy_tenant_lookup(&tenant, &row) || strcmp(row.status, "active") != 0)
 		return;
 
@@ -466,6 +485,7 @@ context_validate(pg_uuid_t *result)
 	if (leader_checked)
 		return;
 
+	publish_tenant(result);
 	if (!tenancy_tenant_lookup(result, &tenant))
 	{
 		/* (formatted for the messages only: this runs in every transaction) */

@@ -15,6 +15,14 @@
  * every backend can cache limits and know, with one atomic read, when to
  * look them up again.
  *
+ * It also owns the "tenant writers" array: one slot per backend (indexed
+ * by its PGPROC number) naming the virtual transaction id of the backend's
+ * latest transaction that validated a tenant context, and that tenant.  A
+ * transaction may write rows of a protected table only for the tenant its
+ * context validated, so purge_tenant() waits, before it deletes, for every
+ * transaction whose slot names the tenant (or, when one transaction
+ * validated several tenants, any tenant).
+ *
  * Locking protocol:
  *	- The named LWLock tranche "tenancy" holds TENANCY_LWLOCKS locks:
  *	  TENANCY_LOCK_QUOTA guards the hash table of quota counters (quota.c),
@@ -26,16 +34,30 @@
  *	  can fail.  A spinlock may be taken while holding an LWLock, never
  *	  the other way round.
  *	- The generation counter is a 64-bit atomic: no lock.
+ *	- A writer slot is written only by its own backend, once per
+ *	  transaction, without a lock: it first clears the virtual transaction
+ *	  id, then writes the tenant, then the id, with write barriers between,
+ *	  and ends with a full barrier (before it reads the tenant's status).
+ *	  A reader (purge_tenant, after it locked the deleted tenant's row and
+ *	  issued a full barrier) may see a slot being written half-way; that
+ *	  slot's transaction is only now validating its context, so it reads
+ *	  the tenant's status after the purge locked it as deleted, and fails.
+ *	  A torn id at worst makes the reader wait for an unrelated transaction.
  *	Other areas document their own locks in their files.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/parallel.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
+#include "postmaster/autovacuum.h"
+#include "replication/walsender.h"
 #include "storage/ipc.h"
+#include "storage/lock.h"
 #include "storage/lwlock.h"
+#include "storage/proc.h"
 #include "storage/shmem.h"
 
 #include "utils/hsearch.h"
@@ -55,6 +77,30 @@ typedef struct TenancySharedHeader
 
 static TenancySharedHeader *shared_header = NULL;
 
+/* One backend's latest transaction that validated a tenant context. */
+typedef struct TenancyWriterSlot
+{
+	VirtualTransactionId vxid;	/* invalid while being written */
+	bool		many;			/* it validated more than one tenant */
+	pg_uuid_t	tenant;
+} TenancyWriterSlot;
+
+typedef struct TenancyWriters
+{
+	int			count;
+	TenancyWriterSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} TenancyWriters;
+
+static TenancyWriters *writers = NULL;
+
+/* Size of the writers array: a slot for every backend that runs transactions. */
+static Size
+writers_size(void)
+{
+	return add_size(offsetof(TenancyWriters, slots),
+					mul_size(TENANCY_MAX_BACKENDS(), sizeof(TenancyWriterSlot)));
+}
+
 /* The LWLocks of the named tranche, once attached. */
 static LWLockPadded *tenancy_locks = NULL;
 
@@ -63,6 +109,7 @@ tenancy_shmem_size(void)
 {
 	Size		size = MAXALIGN(sizeof(TenancySharedHeader));
 
+	size = add_size(size, MAXALIGN(writers_size()));
 	size = add_size(size, tenancy_quota_shmem_size());
 	size = add_size(size, tenancy_ratelimit_shmem_size());
 	size = add_size(size, tenancy_apikey_shmem_size());
@@ -93,6 +140,12 @@ tenancy_shmem_startup(void)
 	shared_header = ShmemInitStruct("tenancy header", sizeof(TenancySharedHeader), &found);
 	if (!found)
 		pg_atomic_init_u64(&shared_header->generation, 1);
+	writers = ShmemInitStruct("tenancy writers", writers_size(), &found);
+	if (!found)
+	{
+		memset(writers, 0, writers_size());
+		writers->count = TENANCY_MAX_BACKENDS();
+	}
 	tenancy_locks = GetNamedLWLockTranche("tenancy");
 	tenancy_quota_shmem_startup();
 	tenancy_ratelimit_shmem_startup();
@@ -185,4 +238,82 @@ tenancy_shmem_bump_generation(void)
 {
 	if (shared_header)
 		pg_atomic_fetch_add_u64(&shared_header->generation, 1);
+}
+
+/*
+ * Publish that the current transaction validated a context for tenant: see
+ * the file header.  Called where the context is validated (once per
+ * transaction and context), before the tenant's status is read.  Not in
+ * parallel workers: they cannot write, and their leader published.
+ */
+void
+tenancy_shmem_publish_tenant(const pg_uuid_t *tenant)
+{
+	TenancyWriterSlot *slot;
+	VirtualTransactionId vxid;
+
+	if (writers == NULL || MyProc == NULL || IsParallelWorker() ||
+		TENANCY_MY_PROCNO < 0 || TENANCY_MY_PROCNO >= writers->count)
+		return;
+	slot = &writers->slots[TENANCY_MY_PROCNO];
+	GET_VXID_FROM_PGPROC(vxid, *MyProc);
+	if (VirtualTransactionIdEquals(slot->vxid, vxid))
+	{
+		/* Another tenant in the same transaction: any tenant, from now on. */
+		if (!slot->many && memcmp(slot->tenant.data, tenant->data, UUID_LEN) != 0)
+			slot->many = true;
+	}
+	else
+	{
+		slot->vxid.localTransactionId = InvalidLocalTransactionId;
+		pg_write_barrier();
+		memcpy(&slot->tenant, tenant, sizeof(pg_uuid_t));
+		slot->many = false;
+		pg_write_barrier();
+		slot->vxid = vxid;
+	}
+	pg_memory_barrier();
+}
+
+/*
+ * Wait until every other transaction that may still write rows of tenant
+ * has ended: those whose slot names it, or names more than one tenant.
+ * The caller holds the lock on the tenant's row, so no transaction starts
+ * validating this tenant successfully meanwhile.  Returns how many
+ * transactions were waited for.  Interruptible; the lock manager's
+ * deadlock detection covers the waits.
+ */
+int
+tenancy_shmem_wait_for_writers(const pg_uuid_t *tenant)
+{
+	int			waited = 0;
+	int			i;
+
+	if (writers == NULL)
+		return 0;
+	pg_memory_barrier();
+	for (i = 0; i < writers->count; i++)
+	{
+		TenancyWriterSlot *slot = &writers->slots[i];
+		VirtualTransactionId vxid;
+		bool		match;
+
+		if (i == TENANCY_MY_PROCNO)
+			continue;
+		vxid = slot->vxid;
+		if (!VirtualTransactionIdIsValid(vxid))
+			continue;
+		pg_read_barrier();
+		match = slot->many || memcmp(slot->tenant.data, tenant->data, UUID_LEN) == 0;
+		if (!match)
+			continue;
+		CHECK_FOR_INTERRUPTS();
+		/* Returns at once when that transaction has already ended. */
+		if (!VirtualXactLock(vxid, false))
+		{
+			(void) VirtualXactLock(vxid, true);
+			waited++;
+		}
+	}
+	return waited;
 }

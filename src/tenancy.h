@@ -101,6 +101,8 @@ extern bool tenancy_shmem_attached(void);
 extern void tenancy_shmem_require(void);
 extern uint64 tenancy_shmem_generation(void);
 extern void tenancy_shmem_bump_generation(void);
+extern void tenancy_shmem_publish_tenant(const pg_uuid_t *tenant);
+extern int	tenancy_shmem_wait_for_writers(const pg_uuid_t *tenant);
 extern struct HTAB *tenancy_generation_cache(struct HTAB **cache, uint64 *cache_gen,
 											   const char *name, Size keysize,
 											   Size entrysize);

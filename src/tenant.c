@@ -50,6 +50,7 @@
 PG_FUNCTION_INFO_V1(tenancy_tenant_id);
 PG_FUNCTION_INFO_V1(tenancy_tenant_status);
 PG_FUNCTION_INFO_V1(tenancy_tenants_changed);
+PG_FUNCTION_INFO_V1(tenancy_purge_wait);
 
 /* Column numbers of tenancy.tenants, in the order the install script makes. */
 #define Anum_tenants_id			1
@@ -310,27 +311,46 @@ tenancy_tenants_changed(PG_FUNCTION_ARGS)
 }
 
 /*
- * Resolve a tenant given as a uuid's text or a slug.  Returns false when
+ * Is s a valid slug: 3 to 32 characters of a-z, 0-9 and -, not starting or
+ * ending with - (the CHECK constraint tenants_slug_check)?
+ */
+static bool
+is_slug(const char *s)
+{
+	size_t		len = strlen(s);
+	size_t		i;
+
+	if (len < 3 || len > 32 || s[0] == '-' || s[len - 1] == '-')
+		return false;
+	for (i = 0; i < len; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+			return false;
+	return true;
+}
+
+/*
+ * Resolve a tenant given as a slug or a uuid's text.  Returns false when
  * none matches.
+ *
+ * A string that is a valid slug is always a slug: 32 lower-case hex digits
+ * are both a slug and a uuid without hyphens, and must name the tenant with
+ * that slug, never the tenant with that id (which may be another one).
+ * Anything else is parsed as a uuid in any form uuid_in accepts; the
+ * canonical form has 36 characters, so it is never a slug.
  */
 bool
 tenancy_tenant_try_resolve(const char *tenant, TenancyTenant *out)
 {
 	pg_uuid_t	id;
+	TenantRow	row;
 
-	if (tenancy_uuid_parse(tenant, &id))
-		return tenancy_tenant_lookup(&id, out);
-	if (strlen(tenant) >= NAMEDATALEN)
-		return false;			/* longer than any slug */
-	{
-		TenantRow	row;
-
-		if (!tenant_scan("tenants_slug_key", Anum_tenants_slug, F_TEXTEQ,
-						 C_COLLATION_OID, CStringGetTextDatum(tenant), false, &row))
-			return false;
-		row_effective(&row, out);
-		return true;
-	}
+	if (!is_slug(tenant))
+		return tenancy_uuid_parse(tenant, &id) && tenancy_tenant_lookup(&id, out);
+	if (!tenant_scan("tenants_slug_key", Anum_tenants_slug, F_TEXTEQ,
+					 C_COLLATION_OID, CStringGetTextDatum(tenant), false, &row))
+		return false;
+	row_effective(&row, out);
+	return true;
 }
 
 /* As tenancy_tenant_try_resolve, raising TN002 when none matches. */
@@ -416,4 +436,24 @@ tenancy_tenant_status(PG_FUNCTION_ARGS)
 				 errdetail("This session may ask only about its own tenant."),
 				 errhint("Call as a member of tenancy_admin.")));
 	PG_RETURN_TEXT_P(cstring_to_text(tenant.status));
+}
+
+/*
+ * SQL: tenancy._purge_wait(tid uuid) RETURNS integer, internal to
+ * purge_tenant(), which calls it after locking the deleted tenant's row and
+ * before deleting anything: waits until every other transaction that
+ * validated a context for the tenant (and so may still write its rows) has
+ * ended.  Transactions that validate later see the status deleted and fail
+ * with TN003.  Returns how many transactions it waited for.
+ */
+Datum
+tenancy_purge_wait(PG_FUNCTION_ARGS)
+{
+	tenancy_shmem_require();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenancy: tenant must not be null"),
+				 errhint("Pass a tenant's id.")));
+	PG_RETURN_INT32(tenancy_shmem_wait_for_writers(PG_GETARG_UUID_P(0)));
 }
