@@ -510,6 +510,12 @@ BEGIN
                   DETAIL = 'System tables, tenancy''s own tables and temporary tables cannot be protected.';
     END IF;
 
+    -- The table's lock before anything is looked at: a concurrent
+    -- protect() of the same table waits here and then finds it protected
+    -- (one column, one index, one audit row).  ALTER TABLE below needs
+    -- this lock anyway.
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
+
     -- Protected already: with the same column it is a no-op (apart from
     -- repairing a default), with another it is a mistake.
     SELECT p.tenant_column INTO listed_column FROM tenancy.protected_tables p
