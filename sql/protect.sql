@@ -278,6 +278,7 @@ RESET app.tenant_id;
 -- Weakening DDL is refused (42501), by the owner as by a superuser
 ----------------------------------------------------------------------
 SET ROLE regress_owner;
+CREATE FUNCTION regress_s.noop() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
 SELECT cmd, regress_try(cmd) FROM (VALUES
     ('ALTER TABLE regress_s.docs DISABLE ROW LEVEL SECURITY'),
     ('ALTER TABLE regress_s.docs NO FORCE ROW LEVEL SECURITY'),
@@ -302,8 +303,17 @@ SELECT cmd, regress_try(cmd) FROM (VALUES
     ('CREATE OR REPLACE TRIGGER tenancy_guard BEFORE INSERT OR UPDATE ON regress_s.docs
         FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()'),
     ('CREATE OR REPLACE TRIGGER tenancy_truncate_guard BEFORE TRUNCATE ON regress_s.docs
-        FOR EACH STATEMENT EXECUTE FUNCTION suppress_redundant_updates_trigger()')
+        FOR EACH STATEMENT EXECUTE FUNCTION suppress_redundant_updates_trigger()'),
+    -- the counting triggers: replaced, rows and quotas would go uncounted
+    ('CREATE OR REPLACE TRIGGER tenancy_quota AFTER INSERT OR UPDATE OR DELETE ON regress_s.docs
+        FOR EACH ROW EXECUTE FUNCTION regress_s.noop()'),
+    ('CREATE OR REPLACE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON regress_s.docs
+        FOR EACH STATEMENT EXECUTE FUNCTION regress_s.noop()'),
+    ('CREATE TRIGGER tenancy_extra BEFORE INSERT ON regress_s.docs
+        FOR EACH ROW EXECUTE FUNCTION regress_s.noop()')
 ) AS c(cmd);
+SELECT tgname, tgfoid::regproc AS function, tgenabled FROM pg_trigger
+ WHERE tgrelid = 'regress_s.docs'::regclass ORDER BY tgname;
 -- A parent that is not protected would read the table's rows without its
 -- policies: attaching it as a partition or child is refused.
 CREATE TABLE regress_s.open_parent (id int PRIMARY KEY, tenant_id uuid NOT NULL, who text);
@@ -389,6 +399,42 @@ SELECT regress_try($$SELECT tenancy.protect('regress_s.trapped', backfill_tenant
 DROP TRIGGER refuse ON regress_s.trapped;
 SELECT tenancy.protect('regress_s.trapped', backfill_tenant => 'acme');
 SELECT tenancy._ddl_bypass(NULL) AS bypass_after_protect;
+
+----------------------------------------------------------------------
+-- Look-alikes: a policy or trigger that has one of tenancy's names before
+-- protect() is replaced by tenancy's own
+----------------------------------------------------------------------
+SET ROLE regress_owner;
+CREATE TABLE regress_s.lookalike (id int, tenant_id uuid NOT NULL, who text);
+CREATE POLICY tenancy_isolation ON regress_s.lookalike AS RESTRICTIVE FOR ALL TO PUBLIC
+    USING (true) WITH CHECK (true);
+CREATE TRIGGER tenancy_guard BEFORE INSERT OR UPDATE ON regress_s.lookalike
+    FOR EACH ROW EXECUTE FUNCTION regress_s.noop();
+CREATE TRIGGER tenancy_quota AFTER INSERT OR UPDATE OR DELETE ON regress_s.lookalike
+    FOR EACH ROW EXECUTE FUNCTION regress_s.noop();
+CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON regress_s.lookalike
+    FOR EACH STATEMENT EXECUTE FUNCTION regress_s.noop();
+RESET ROLE;
+INSERT INTO regress_s.lookalike VALUES (1, :'acme', 'acme-1'), (2, :'bolt', 'bolt-2');
+SELECT tenancy.protect('regress_s.lookalike');
+SELECT what, value FROM regress_state('regress_s.lookalike') WHERE what = 'policy';
+SELECT tgname, tgfoid::regproc AS function, tgenabled FROM pg_trigger
+ WHERE tgrelid = 'regress_s.lookalike'::regclass ORDER BY tgname;
+SELECT count(*) AS problems FROM tenancy._protected_problems(ARRAY['regress_s.lookalike'::regclass::oid]);
+-- Isolated: the owner reads and deletes the context tenant's rows only,
+-- and the rows that were there count.
+SET ROLE regress_owner;
+SET app.tenant_id = :'acme';
+SELECT who FROM regress_s.lookalike;
+SELECT used AS acme_rows FROM tenancy.check_quota('rows:regress_s.lookalike');
+DELETE FROM regress_s.lookalike;
+RESET app.tenant_id;
+RESET ROLE;
+SELECT who FROM regress_s.lookalike;
+-- A second protect() of an intact table changes nothing.
+SELECT tenancy.protect('regress_s.lookalike');
+SELECT what, value FROM regress_state('regress_s.lookalike') WHERE what IN ('policy', 'index');
+DROP TABLE regress_s.lookalike;
 
 ----------------------------------------------------------------------
 -- Partitioned tables
@@ -490,6 +536,85 @@ SET ROLE regress_bypass;
 SELECT count(*) AS all_rows_bypassrls FROM regress_s.events;
 RESET ROLE;
 
+-- ATTACH PARTITION of a table with a look-alike tenancy_isolation (a
+-- restrictive policy USING (true)): the partition ends with tenancy's.
+SET ROLE regress_owner;
+CREATE TABLE regress_s.ev (id int, tenant_id uuid NOT NULL, k int) PARTITION BY RANGE (id);
+CREATE TABLE regress_s.ev_x PARTITION OF regress_s.ev FOR VALUES FROM (0) TO (10);
+RESET ROLE;
+SELECT tenancy.protect('regress_s.ev');
+SET ROLE regress_owner;
+CREATE TABLE regress_s.ev_y (id int, tenant_id uuid NOT NULL, k int);
+CREATE POLICY tenancy_isolation ON regress_s.ev_y AS RESTRICTIVE FOR ALL TO PUBLIC
+    USING (true) WITH CHECK (true);
+ALTER TABLE regress_s.ev ATTACH PARTITION regress_s.ev_y FOR VALUES FROM (40) TO (50);
+RESET ROLE;
+SELECT what, value FROM regress_state('regress_s.ev_y') WHERE what IN ('policy', 'listed');
+INSERT INTO regress_s.ev VALUES (1, :'acme', 1), (41, :'acme', 1), (42, :'bolt', 1);
+SET ROLE regress_owner;
+SET app.tenant_id = :'acme';
+SELECT id FROM regress_s.ev_y ORDER BY id;
+DELETE FROM regress_s.ev_y;
+RESET app.tenant_id;
+RESET ROLE;
+SELECT id FROM regress_s.ev_y ORDER BY id;
+
+-- A partition detached from a protected table stays protected, and can
+-- be attached again (its own row triggers make way for the parent's);
+-- rows:<root> follows it out and back.  So can a protected table of its
+-- own, and a sub-partitioned partition.
+SET ROLE regress_owner;
+CREATE TABLE regress_s.ev_w PARTITION OF regress_s.ev FOR VALUES FROM (60) TO (70);
+CREATE TABLE regress_s.ev_m PARTITION OF regress_s.ev FOR VALUES FROM (70) TO (80) PARTITION BY RANGE (id);
+CREATE TABLE regress_s.ev_m1 PARTITION OF regress_s.ev_m FOR VALUES FROM (70) TO (80);
+RESET ROLE;
+CREATE TABLE regress_s.ev_s (id int, tenant_id uuid NOT NULL, k int);
+ALTER TABLE regress_s.ev_s OWNER TO regress_owner;
+INSERT INTO regress_s.ev_s VALUES (51, :'acme', 1), (52, :'acme', 1);
+SELECT tenancy.protect('regress_s.ev_s');
+INSERT INTO regress_s.ev VALUES (61, :'acme', 1), (62, :'acme', 1), (63, :'bolt', 1), (71, :'acme', 1);
+CREATE FUNCTION pg_temp.acme_rows() RETURNS TABLE (resource text, used bigint) LANGUAGE sql AS $$
+    SELECT resource, used FROM tenancy.quota_usage('acme')
+     WHERE resource ~ '^rows:(regress_s\.)?ev(_[a-z0-9]+)?$' AND used <> 0 ORDER BY 1
+$$;
+SELECT * FROM pg_temp.acme_rows();
+SET ROLE regress_owner;
+ALTER TABLE regress_s.ev DETACH PARTITION regress_s.ev_w;
+ALTER TABLE regress_s.ev DETACH PARTITION regress_s.ev_m;
+RESET ROLE;
+SELECT * FROM pg_temp.acme_rows();
+SELECT what, value FROM regress_state('regress_s.ev_m1') WHERE what IN ('trigger', 'listed');
+SET ROLE regress_owner;
+ALTER TABLE regress_s.ev ATTACH PARTITION regress_s.ev_w FOR VALUES FROM (60) TO (70);
+ALTER TABLE regress_s.ev ATTACH PARTITION regress_s.ev_m FOR VALUES FROM (70) TO (80);
+ALTER TABLE regress_s.ev ATTACH PARTITION regress_s.ev_s FOR VALUES FROM (50) TO (60);
+RESET ROLE;
+SELECT * FROM pg_temp.acme_rows();
+SELECT used AS acme_rows FROM tenancy.check_quota('rows:regress_s.ev', tenant => 'acme');
+SELECT c.relname, (SELECT string_agg(tgname || CASE WHEN tgparentid <> 0 THEN ' (cloned)' ELSE '' END, ', ' ORDER BY tgname)
+                     FROM pg_trigger WHERE tgrelid = c.oid) AS triggers
+  FROM pg_class c WHERE c.oid IN ('regress_s.ev_w'::regclass, 'regress_s.ev_m'::regclass,
+                                 'regress_s.ev_m1'::regclass, 'regress_s.ev_s'::regclass)
+ ORDER BY 1;
+SELECT count(*) AS problems FROM tenancy._protected_problems();
+-- Counting goes on: a new row and a deleted one, as acme.
+SET ROLE regress_owner;
+SET app.tenant_id = :'acme';
+INSERT INTO regress_s.ev VALUES (64, DEFAULT, 1);
+DELETE FROM regress_s.ev WHERE id = 51;
+SELECT count(*) AS acme_rows_seen FROM regress_s.ev;
+RESET app.tenant_id;
+RESET ROLE;
+SELECT * FROM pg_temp.acme_rows();
+-- A table protected by another column than the parent cannot be attached.
+CREATE TABLE regress_s.ev2 (id int, tenant_id uuid NOT NULL, org uuid NOT NULL) PARTITION BY RANGE (id);
+CREATE TABLE regress_s.ev2_a (id int, tenant_id uuid NOT NULL, org uuid NOT NULL);
+SELECT tenancy.protect('regress_s.ev2');
+SELECT tenancy.protect('regress_s.ev2_a', 'org');
+SELECT regress_try('ALTER TABLE regress_s.ev2 ATTACH PARTITION regress_s.ev2_a FOR VALUES FROM (0) TO (10)');
+SELECT tenancy.unprotect('regress_s.ev2');
+DROP TABLE regress_s.ev, regress_s.ev2, regress_s.ev2_a;
+
 -- Inheritance (INHERITS) children are protected like partitions: present
 -- ones by protect(), new ones when created or attached (ALTER TABLE ...
 -- INHERIT), so a child queried directly is isolated as well.
@@ -507,6 +632,18 @@ RESET ROLE;
 SELECT relid, tenant_column FROM tenancy.protected_tables
  WHERE relid::text LIKE '%notes%' ORDER BY relid::text;
 SELECT what, value FROM regress_state('regress_s.notes_new') WHERE what IN ('rls', 'policy');
+-- Each child has an index leading with the tenant column.
+SELECT indrelid::regclass AS child, pg_get_indexdef(indexrelid) LIKE '%(tenant_id)' AS tenant_index
+  FROM pg_index WHERE indrelid IN ('regress_s.notes_old'::regclass, 'regress_s.notes_new'::regclass,
+                                   'regress_s.notes_later'::regclass)
+ ORDER BY 1::text;
+-- A child with a look-alike tenancy_isolation gets tenancy's.
+SET ROLE regress_owner;
+CREATE TABLE regress_s.notes_fake (id int, tenant_id uuid NOT NULL, who text);
+CREATE POLICY tenancy_isolation ON regress_s.notes_fake AS RESTRICTIVE USING (true) WITH CHECK (true);
+ALTER TABLE regress_s.notes_fake INHERIT regress_s.notes;
+RESET ROLE;
+SELECT what, value FROM regress_state('regress_s.notes_fake') WHERE what = 'policy';
 INSERT INTO regress_s.notes_new VALUES (3, :'bolt', 'bolt-new');
 INSERT INTO regress_s.notes_later VALUES (4, :'bolt', 'bolt-later');
 GRANT SELECT, INSERT ON regress_s.notes, regress_s.notes_old, regress_s.notes_new,

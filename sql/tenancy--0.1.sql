@@ -371,39 +371,77 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_bypass';
 CREATE FUNCTION tenancy._exec_as_owner(tbl regclass, query text, tenant uuid) RETURNS bigint
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_exec_as_owner';
 
--- The triggers every protected table carries.  Later sections add theirs.
+-- The triggers every protected table carries, as tenancy makes them.  A
+-- trigger of one of these names that is not tenancy's (another function,
+-- arguments, events, a WHEN clause or a column list) is dropped and made
+-- again: protect() never keeps a look-alike.  A trigger cloned from a
+-- parent follows the parent's, which is set up first.  The row triggers
+-- of a partitioned table are cloned onto its partitions, so a partition's
+-- own trigger of the same name would collide with the clone: it goes
+-- first.
 CREATE FUNCTION tenancy._attach_triggers(tbl regclass, col name) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    t record;
+    cur record;
+    d record;
+    args bytea := pg_catalog.convert_to(col::text, pg_catalog.getdatabaseencoding())
+                  OPERATOR(pg_catalog.||) '\x00'::bytea;
+    parted boolean := (SELECT c.relkind OPERATOR(pg_catalog.=) 'p' FROM pg_class c
+                        WHERE c.oid OPERATOR(pg_catalog.=) tbl);
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) tbl
-                      AND tgname OPERATOR(pg_catalog.=) 'tenancy_guard') THEN
-        EXECUTE format('CREATE TRIGGER tenancy_guard BEFORE INSERT OR UPDATE ON %s '
-                       'FOR EACH ROW EXECUTE FUNCTION tenancy._row_guard(%L)', tbl, col);
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) tbl
-                      AND tgname OPERATOR(pg_catalog.=) 'tenancy_truncate_guard') THEN
-        EXECUTE format('CREATE TRIGGER tenancy_truncate_guard BEFORE TRUNCATE ON %s '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION tenancy._truncate_guard()', tbl);
-    END IF;
-    -- Quota counting (section 4): rows:<table> and storage_bytes.  The row
-    -- trigger of a partitioned table is cloned onto its partitions; the
-    -- TRUNCATE one is per table, and its creation marks the moment the
+    -- Quota counting (section 4): rows:<table> and storage_bytes.  The
+    -- TRUNCATE trigger is per table, and its creation marks the moment the
     -- table's present rows start to count.
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) tbl
-                      AND tgname OPERATOR(pg_catalog.=) 'tenancy_quota') THEN
-        EXECUTE format('CREATE TRIGGER tenancy_quota AFTER INSERT OR UPDATE OR DELETE ON %s '
-                       'FOR EACH ROW EXECUTE FUNCTION tenancy._quota_count(%L)', tbl, col);
-        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER tenancy_quota', tbl);
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid OPERATOR(pg_catalog.=) tbl
-                      AND tgname OPERATOR(pg_catalog.=) 'tenancy_quota_truncate') THEN
-        EXECUTE format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION tenancy._quota_truncate()', tbl);
-        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER tenancy_quota_truncate', tbl);
-        PERFORM tenancy._quota_adopt(tbl, col);
-    END IF;
+    FOR t IN SELECT * FROM (VALUES
+        (1, 'tenancy_guard'::name, 'tenancy._row_guard()', 23, args, true, false,
+         format('CREATE TRIGGER tenancy_guard BEFORE INSERT OR UPDATE ON %s '
+                'FOR EACH ROW EXECUTE FUNCTION tenancy._row_guard(%L)', tbl, col)),
+        (2, 'tenancy_truncate_guard'::name, 'tenancy._truncate_guard()', 34, ''::bytea, false, false,
+         format('CREATE TRIGGER tenancy_truncate_guard BEFORE TRUNCATE ON %s '
+                'FOR EACH STATEMENT EXECUTE FUNCTION tenancy._truncate_guard()', tbl)),
+        (3, 'tenancy_quota'::name, 'tenancy._quota_count()', 29, args, true, true,
+         format('CREATE TRIGGER tenancy_quota AFTER INSERT OR UPDATE OR DELETE ON %s '
+                'FOR EACH ROW EXECUTE FUNCTION tenancy._quota_count(%L)', tbl, col)),
+        (4, 'tenancy_quota_truncate'::name, 'tenancy._quota_truncate()', 32, ''::bytea, false, true,
+         format('CREATE TRIGGER tenancy_quota_truncate AFTER TRUNCATE ON %s '
+                'FOR EACH STATEMENT EXECUTE FUNCTION tenancy._quota_truncate()', tbl))
+        ) v(n, name, fn, tgtype, tgargs, is_row, always, ddl)
+        ORDER BY v.n LOOP
+        SELECT tr.tgparentid OPERATOR(pg_catalog.<>) 0 AS cloned,
+               (tr.tgfoid OPERATOR(pg_catalog.=) t.fn::pg_catalog.regprocedure
+                AND tr.tgtype OPERATOR(pg_catalog.=) t.tgtype
+                AND tr.tgqual IS NULL
+                AND tr.tgattr OPERATOR(pg_catalog.=) ''::pg_catalog.int2vector
+                AND tr.tgconstraint OPERATOR(pg_catalog.=) 0
+                AND tr.tgargs OPERATOR(pg_catalog.=) t.tgargs) AS ours
+          INTO cur
+          FROM pg_trigger tr
+         WHERE tr.tgrelid OPERATOR(pg_catalog.=) tbl AND tr.tgname OPERATOR(pg_catalog.=) t.name;
+        CONTINUE WHEN FOUND AND (cur.ours OR cur.cloned);
+        IF FOUND THEN
+            EXECUTE format('DROP TRIGGER %I ON %s', t.name, tbl);
+        END IF;
+        IF t.is_row AND parted THEN
+            FOR d IN SELECT tr.tgrelid::pg_catalog.regclass AS relid
+                       FROM pg_trigger tr JOIN tenancy._descendants(tbl) x
+                         ON x.relid OPERATOR(pg_catalog.=) tr.tgrelid
+                      WHERE tr.tgname OPERATOR(pg_catalog.=) t.name
+                        AND tr.tgparentid OPERATOR(pg_catalog.=) 0
+                      ORDER BY x.depth LOOP
+                EXECUTE format('DROP TRIGGER %I ON %s', t.name, d.relid);
+            END LOOP;
+        END IF;
+        EXECUTE t.ddl;
+        IF t.always THEN
+            EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', tbl, t.name);
+        END IF;
+        IF t.name OPERATOR(pg_catalog.=) 'tenancy_quota_truncate' THEN
+            PERFORM tenancy._quota_adopt(tbl, col);
+        END IF;
+    END LOOP;
 END
 $$;
 
@@ -439,8 +477,11 @@ AS $$
     SELECT a.relid::regclass, pg_catalog.min(a.depth)::integer FROM a GROUP BY a.relid
 $$;
 
--- Protect one relation whose tenant column is in place: default, RLS,
--- policies, triggers, registry.  Internal; the caller holds the bypass.
+-- Protect one relation whose tenant column is in place: default, index,
+-- RLS, policies, triggers, registry.  It always ends with tenancy's own
+-- tenancy_isolation: a policy of that name that says anything else (one
+-- the table had before, or that came with a table being attached) is
+-- dropped and made again.  Internal; the caller holds the bypass.
 CREATE FUNCTION tenancy._protect_relation(tbl regclass, col name) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -449,9 +490,36 @@ DECLARE
     listed boolean := EXISTS (SELECT FROM tenancy.protected_tables WHERE relid OPERATOR(pg_catalog.=) tbl);
 BEGIN
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.current_tenant_id()', tbl, col);
+    -- An index leading with the tenant column (whole-table and valid).  A
+    -- partition has the one of its partitioned parent; a table or an
+    -- inheritance child gets its own.
+    IF NOT (SELECT c.relispartition FROM pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tbl)
+       AND NOT EXISTS (SELECT FROM pg_index i
+                         JOIN pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid
+                                            AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+                        WHERE i.indrelid OPERATOR(pg_catalog.=) tbl
+                          AND a.attname OPERATOR(pg_catalog.=) col
+                          AND i.indpred IS NULL AND i.indisvalid) THEN
+        EXECUTE format('CREATE INDEX ON %s (%I)', tbl, col);
+    END IF;
     EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY', tbl);
-    IF NOT EXISTS (SELECT FROM pg_policy WHERE polrelid OPERATOR(pg_catalog.=) tbl
+    -- Tenancy's own: the expressions as pg_get_expr() prints them with
+    -- this search_path (equal text, same expression: a name is qualified
+    -- unless it resolves to the same object).
+    IF NOT EXISTS (SELECT FROM pg_policy pol
+                    WHERE pol.polrelid OPERATOR(pg_catalog.=) tbl
+                      AND pol.polname OPERATOR(pg_catalog.=) 'tenancy_isolation'
+                      AND NOT pol.polpermissive
+                      AND pol.polcmd OPERATOR(pg_catalog.=) '*'
+                      AND pol.polroles OPERATOR(pg_catalog.=) '{0}'::oid[]
+                      AND pg_catalog.pg_get_expr(pol.polqual, pol.polrelid)
+                          OPERATOR(pg_catalog.=) pg_catalog.format('(%I = ( SELECT tenancy.current_tenant_id() AS current_tenant_id))', col)
+                      AND pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid)
+                          OPERATOR(pg_catalog.=) pg_catalog.format('(%I = ( SELECT tenancy.current_tenant_id() AS current_tenant_id))', col)) THEN
+        IF EXISTS (SELECT FROM pg_policy WHERE polrelid OPERATOR(pg_catalog.=) tbl
                       AND polname OPERATOR(pg_catalog.=) 'tenancy_isolation') THEN
+            EXECUTE format('DROP POLICY tenancy_isolation ON %s', tbl);
+        END IF;
         -- The sub-select makes the context an InitPlan: evaluated once per
         -- execution, usable as an index key, passed to parallel workers.
         EXECUTE format('CREATE POLICY tenancy_isolation ON %s AS RESTRICTIVE FOR ALL TO PUBLIC '
@@ -461,6 +529,8 @@ BEGIN
     END IF;
     -- Only on first protection: a user who replaced tenancy_allow with
     -- narrower policies must not get it back from a repeated protect().
+    -- A permissive policy cannot widen the restrictive one, so whatever a
+    -- tenancy_allow already there says, isolation holds.
     IF NOT listed AND NOT EXISTS (SELECT FROM pg_policy WHERE polrelid OPERATOR(pg_catalog.=) tbl
                                      AND polname OPERATOR(pg_catalog.=) 'tenancy_allow') THEN
         EXECUTE format('CREATE POLICY tenancy_allow ON %s AS PERMISSIVE FOR ALL TO PUBLIC '
@@ -515,6 +585,12 @@ BEGIN
             USING ERRCODE = '22023',
                   DETAIL = 'System tables, tenancy''s own tables and temporary tables cannot be protected.';
     END IF;
+
+    -- The table's lock before anything is looked at: a concurrent
+    -- protect() of the same table waits here and then finds it protected
+    -- (one column, one index, one audit row).  ALTER TABLE below needs
+    -- this lock anyway.
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
 
     -- Protected already: with the same column it is a no-op (apart from
     -- repairing a default), with another it is a mistake.
@@ -593,16 +669,6 @@ BEGIN
                 format('UPDATE %s SET %2$I = $1 WHERE %2$I IS NULL', tbl, tenant_column), backfill);
         END IF;
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, tenant_column);
-        SELECT a.attnum INTO att FROM pg_attribute a
-         WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) tenant_column
-           AND NOT a.attisdropped;
-    END IF;
-
-    -- An index leading with the tenant column (whole-table and valid).
-    IF NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid OPERATOR(pg_catalog.=) tbl
-                      AND i.indkey[0] OPERATOR(pg_catalog.=) att.attnum
-                      AND i.indpred IS NULL AND i.indisvalid) THEN
-        EXECUTE format('CREATE INDEX ON %s (%I)', tbl, tenant_column);
     END IF;
 
     PERFORM tenancy._protect_relation(tbl, tenant_column);
@@ -713,8 +779,9 @@ $$;
 
 -- What is wrong with each protected table (all when rels is NULL) that
 -- lost what protects it: RLS enabled and forced, the restrictive isolation
--- policy unchanged, a uuid NOT NULL tenant column of that name, both
--- tenancy triggers in place and enabled, and no unprotected parent.
+-- policy unchanged, a uuid NOT NULL tenant column of that name, the four
+-- tenancy triggers in place, tenancy's and enabled, and no unprotected
+-- parent.
 -- Internal; also used at ddl_command_start (hence EXECUTE for PUBLIC).
 CREATE FUNCTION tenancy._protected_problems(rels oid[] DEFAULT NULL)
 RETURNS TABLE (relid regclass, problem text)
@@ -733,12 +800,17 @@ SELECT p.relid, CASE
         format('tenant column "%s" would be dropped, renamed or retyped', p.tenant_column)
     WHEN NOT a.attnotnull THEN
         format('tenant column "%s" would accept NULL', p.tenant_column)
+    -- (the expressions as _protect_relation() checks them)
     WHEN NOT EXISTS (SELECT FROM pg_policy pol
                       WHERE pol.polrelid OPERATOR(pg_catalog.=) p.relid
                         AND pol.polname OPERATOR(pg_catalog.=) 'tenancy_isolation'
                         AND NOT pol.polpermissive
                         AND pol.polcmd OPERATOR(pg_catalog.=) '*'
-                        AND pol.polroles OPERATOR(pg_catalog.=) '{0}'::oid[]) THEN
+                        AND pol.polroles OPERATOR(pg_catalog.=) '{0}'::oid[]
+                        AND pg_catalog.pg_get_expr(pol.polqual, pol.polrelid)
+                            OPERATOR(pg_catalog.=) pg_catalog.format('(%I = ( SELECT tenancy.current_tenant_id() AS current_tenant_id))', p.tenant_column)
+                        AND pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid)
+                            OPERATOR(pg_catalog.=) pg_catalog.format('(%I = ( SELECT tenancy.current_tenant_id() AS current_tenant_id))', p.tenant_column)) THEN
         'policy tenancy_isolation would be dropped or changed'
     -- PostgreSQL applies restrictive policies in name order: one that
     -- comes first sees every tenant's rows.
@@ -770,6 +842,28 @@ SELECT p.relid, CASE
                         AND t.tgtype OPERATOR(pg_catalog.=) 34  -- BEFORE TRUNCATE FOR EACH STATEMENT
                         AND t.tgqual IS NULL) THEN
         'trigger tenancy_truncate_guard would be dropped or changed'
+    -- The counting triggers of section 4 (to_regprocedure: they are
+    -- created further down).
+    WHEN NOT EXISTS (SELECT FROM pg_trigger t
+                      WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid
+                        AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_quota'
+                        AND t.tgfoid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure('tenancy._quota_count()')
+                        AND t.tgtype OPERATOR(pg_catalog.=) 29  -- AFTER INSERT OR UPDATE OR DELETE FOR EACH ROW
+                        AND t.tgqual IS NULL
+                        AND t.tgattr OPERATOR(pg_catalog.=) ''::pg_catalog.int2vector
+                        AND t.tgconstraint OPERATOR(pg_catalog.=) 0
+                        AND t.tgargs OPERATOR(pg_catalog.=)
+                            (pg_catalog.convert_to(p.tenant_column::text, pg_catalog.getdatabaseencoding())
+                             OPERATOR(pg_catalog.||) '\x00'::bytea)) THEN
+        'trigger tenancy_quota would be dropped or changed'
+    WHEN NOT EXISTS (SELECT FROM pg_trigger t
+                      WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid
+                        AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_quota_truncate'
+                        AND t.tgfoid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure('tenancy._quota_truncate()')
+                        AND t.tgtype OPERATOR(pg_catalog.=) 32  -- AFTER TRUNCATE FOR EACH STATEMENT
+                        AND t.tgqual IS NULL
+                        AND t.tgconstraint OPERATOR(pg_catalog.=) 0) THEN
+        'trigger tenancy_quota_truncate would be dropped or changed'
     WHEN EXISTS (SELECT FROM pg_trigger t
                   WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid
                     AND t.tgname OPERATOR(pg_catalog.~~) 'tenancy\_%'
@@ -793,9 +887,12 @@ $$;
 
 -- Put back the triggers of protected tables that lost them without a
 -- command that tenancy refuses: DETACH PARTITION drops the triggers cloned
--- from the parent (the policies stay).  Tables that were not intact
--- before the command (known: a restore in progress) are left alone.
--- Internal.
+-- from the parent (the policies stay).  Parents come before their
+-- partitions, whose row triggers are then cloned from the parent's.  A
+-- detached partition's rows now count for rows:<itself> (or its new
+-- root), no longer for its old root: its share is counted again.  Tables
+-- that were not intact before the command (known: a restore in progress)
+-- are left alone.  Internal.
 CREATE FUNCTION tenancy._repair_triggers(known oid[]) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -804,14 +901,29 @@ DECLARE
     r record;
     previous boolean := tenancy._ddl_bypass(true);
 BEGIN
-    FOR r IN SELECT p.relid, p.tenant_column
-               FROM tenancy.protected_tables p
-              WHERE NOT p.relid::oid OPERATOR(pg_catalog.=) ANY (coalesce(known, '{}'))
-                AND (NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid
-                                    AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_guard')
-                     OR NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid
-                                       AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_truncate_guard')) LOOP
+    FOR r IN SELECT x.* FROM (
+               SELECT p.relid, p.tenant_column, c.relkind,
+                      (SELECT pg_catalog.count(*) FROM tenancy._ancestors(p.relid)) AS depth,
+                      NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid
+                                     AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_guard') AS lost_guard,
+                      EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid
+                                 AND t.tgname OPERATOR(pg_catalog.=) 'tenancy_quota_truncate') AS counted,
+                      (SELECT pg_catalog.count(*) FROM pg_trigger t
+                        WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid
+                          AND t.tgname OPERATOR(pg_catalog.=) ANY ('{tenancy_guard,tenancy_truncate_guard,'
+                                                                   'tenancy_quota,tenancy_quota_truncate}'::name[]))
+                      AS present
+                 FROM tenancy.protected_tables p
+                 JOIN pg_class c ON c.oid OPERATOR(pg_catalog.=) p.relid
+                WHERE NOT p.relid::oid OPERATOR(pg_catalog.=) ANY (coalesce(known, '{}'))) x
+              WHERE x.present OPERATOR(pg_catalog.<) 4
+              ORDER BY x.depth, x.relid LOOP
         PERFORM tenancy._attach_triggers(r.relid, r.tenant_column);
+        -- (a table whose TRUNCATE trigger was missing was counted anew by
+        -- _attach_triggers)
+        IF r.lost_guard AND r.counted AND r.relkind OPERATOR(pg_catalog.=) 'r' THEN
+            PERFORM tenancy._quota_adopt(r.relid, r.tenant_column);
+        END IF;
     END LOOP;
     PERFORM tenancy._ddl_bypass(previous);
 END
@@ -842,13 +954,20 @@ END
 $$;
 
 -- ddl_command_start: refuse dropping, retyping or renaming a tenant
--- column and renaming tenancy's triggers and isolation policy (C).
+-- column, renaming tenancy's triggers and isolation policy, and creating
+-- or replacing a tenancy_* trigger; make way for the parent's triggers on
+-- a protected table being attached to a protected table (C).
 CREATE FUNCTION tenancy._on_ddl_command_start() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ddl_command_start';
 
 -- What ddl_command_start found not intact before the command; internal.
 CREATE FUNCTION tenancy._ddl_prior_problems() RETURNS text
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_prior_problems';
+
+-- The protected tables the command attaches to a protected table, as
+-- ddl_command_start saw them (read before _ddl_prior_problems()); internal.
+CREATE FUNCTION tenancy._ddl_attached() RETURNS text
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_attached';
 
 -- ddl_command_end: protect new partitions of protected tables, apply
 -- tenancy.auto_protect, refuse ALTER POLICY on an isolation policy, and
@@ -861,6 +980,7 @@ DECLARE
     cmd record;
     touched oid[] := '{}';
     known oid[];
+    attached oid[];
     altered boolean := false;
     rel oid;
     audit_rel oid := pg_catalog.to_regclass('tenancy.audit_log');
@@ -871,6 +991,7 @@ BEGIN
     END IF;
     -- Tables that were not intact before this command (a restore that has
     -- not reached their policies yet): not this command's doing.
+    attached := tenancy._ddl_attached()::oid[];
     known := tenancy._ddl_prior_problems()::oid[];
     FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
         IF cmd.command_tag OPERATOR(pg_catalog.=) 'ALTER POLICY' AND EXISTS (
@@ -932,6 +1053,20 @@ BEGIN
     -- its back.
     IF altered THEN
         PERFORM tenancy._repair_triggers(known);
+    END IF;
+    -- Protected tables attached as partitions of a protected table (their
+    -- own row triggers made way for the parent's at ddl_command_start):
+    -- their rows now count for the new root.
+    IF attached OPERATOR(pg_catalog.<>) '{}' THEN
+        PERFORM tenancy._quota_adopt(p.relid, p.tenant_column)
+           FROM (SELECT a AS relid FROM pg_catalog.unnest(attached) a
+                 UNION
+                 SELECT d.relid::oid FROM pg_catalog.unnest(attached) a,
+                                          tenancy._descendants(a::regclass) d) x
+           JOIN tenancy.protected_tables p ON p.relid OPERATOR(pg_catalog.=) x.relid::regclass
+           JOIN pg_class c ON c.oid OPERATOR(pg_catalog.=) x.relid
+                          AND c.relkind OPERATOR(pg_catalog.=) 'r'
+          WHERE NOT x.relid OPERATOR(pg_catalog.=) ANY (known);
     END IF;
     PERFORM tenancy._check_protected(touched, known);
     IF audit_touched THEN

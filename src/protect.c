@@ -30,6 +30,7 @@
 #include "commands/event_trigger.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "lib/stringinfo.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
@@ -50,6 +51,7 @@ PG_FUNCTION_INFO_V1(tenancy_ddl_bypass);
 PG_FUNCTION_INFO_V1(tenancy_exec_as_owner);
 PG_FUNCTION_INFO_V1(tenancy_ddl_command_start);
 PG_FUNCTION_INFO_V1(tenancy_ddl_prior_problems);
+PG_FUNCTION_INFO_V1(tenancy_ddl_attached);
 
 /* Set by protect()/unprotect() for the DDL they run; reset on any abort. */
 static bool ddl_bypass = false;
@@ -59,7 +61,8 @@ static bool ddl_bypass = false;
  * command started (a restore in progress, say, has not yet enabled row
  * level security on the tables it lists), as the text of an oid[].  The
  * state check at ddl_command_end refuses only what the command itself
- * weakened.  A stack, because DDL can run inside DDL; entries remember
+ * weakened.  Also the protected tables an ATTACH PARTITION moves under a
+ * protected table, whose usage ddl_command_end counts again.  A stack, because DDL can run inside DDL; entries remember
  * their subtransaction so that an aborted one takes its entries with it.
  * Lives in TopTransactionContext.
  */
@@ -67,6 +70,8 @@ typedef struct PriorProblems
 {
 	SubTransactionId subid;
 	char	   *relids;
+	char	   *attached;		/* protected tables attached to a protected
+								 * table, as an oid[] literal */
 } PriorProblems;
 
 static List *prior_problems = NIL;
@@ -401,15 +406,136 @@ check_protected_relation(RangeVar *rv, const char *what)
 	}
 }
 
+/* Is protected table relid intact (nothing for the end check to refuse)? */
+static bool
+protected_intact(Oid relid)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		values[1];
+	bool		isnull;
+	int			ret;
+
+	values[0] = ObjectIdGetDatum(relid);
+	ret = SPI_execute_with_args("SELECT NOT EXISTS (SELECT FROM tenancy._protected_problems("
+								"ARRAY[$1]::pg_catalog.oid[]))",
+								1, argtypes, values, NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "tenancy: checking a protected table failed: %s",
+			 SPI_result_code_string(ret));
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * CREATE [OR REPLACE] TRIGGER tenancy_*: the names are tenancy's on a
+ * protected table.  Replacing tenancy_quota with a trigger of one's own
+ * would switch counting off; a new tenancy_* trigger would be taken for
+ * tenancy's.  A table that is not intact to begin with (a restore that
+ * has not made its triggers yet) is left to the end check.
+ */
+static void
+check_create_trigger(CreateTrigStmt *stmt)
+{
+	ListCell   *lc;
+
+	if (stmt->trigname == NULL || strncmp(stmt->trigname, "tenancy_", 8) != 0)
+		return;
+	foreach(lc, command_relations(stmt->relation))
+	{
+		Oid			relid = lfirst_oid(lc);
+
+		if (protected_column(relid) != NULL && protected_intact(relid))
+			refuse_weakening(relid, psprintf("trigger %s would be %s", stmt->trigname,
+											 stmt->replace ? "replaced" : "created"));
+	}
+}
+
+/*
+ * ALTER TABLE parent ATTACH PARTITION part, parent protected: PostgreSQL
+ * clones the parent's row triggers onto part and fails if part has its
+ * own of the same name, as a protected table has (one detached from a
+ * protected table, say).  Those go first, so that part is protected
+ * through its parent's from now on; its own statement triggers and its
+ * policies stay.  Returns the oid of part when it is protected (its usage
+ * must be counted for its new root at the end), InvalidOid otherwise.
+ * The caller is connected to SPI.
+ */
+static Oid
+prepare_attach(RangeVar *parent_rv, PartitionCmd *pc)
+{
+	Oid			parent;
+	Oid			part;
+	char	   *parent_col;
+	char	   *part_col;
+	Oid			argtypes[1] = {OIDOID};
+	Datum		values[1];
+	int			ret;
+	bool		save_bypass = ddl_bypass;
+	const char *part_name;
+
+	if (parent_rv == NULL || pc == NULL || pc->name == NULL)
+		return InvalidOid;
+	parent = RangeVarGetRelid(parent_rv, NoLock, true);
+	part = RangeVarGetRelid(pc->name, NoLock, true);
+	if (!OidIsValid(parent) || !OidIsValid(part))
+		return InvalidOid;		/* core reports it */
+	parent_col = protected_column(parent);
+	if (parent_col == NULL)
+		return InvalidOid;		/* the end check judges it */
+	part_col = protected_column(part);
+	part_name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(part)),
+										   get_rel_name(part));
+	if (part_col != NULL && strcmp(part_col, parent_col) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenancy: %s is protected by another column than the table it would be attached to",
+						part_name),
+				 errdetail("It is protected by column \"%s\", the partitioned table by column \"%s\".",
+						   part_col, parent_col),
+				 errhint("Call tenancy.unprotect() on it first; attached, it is protected like its new parent.")));
+
+	values[0] = ObjectIdGetDatum(part);
+	ret = SPI_execute_with_args("SELECT t.tgname::pg_catalog.text FROM pg_catalog.pg_trigger t "
+								"WHERE t.tgrelid OPERATOR(pg_catalog.=) $1 "
+								"AND t.tgparentid OPERATOR(pg_catalog.=) 0 AND NOT t.tgisinternal "
+								"AND t.tgname OPERATOR(pg_catalog.=) ANY ('{tenancy_guard,tenancy_quota}'::pg_catalog.name[])",
+								1, argtypes, values, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "tenancy: reading the triggers of %s failed: %s", part_name,
+			 SPI_result_code_string(ret));
+	if (SPI_processed > 0)
+	{
+		uint64		n = SPI_processed;
+		char	  **names = palloc(sizeof(char *) * n);
+
+		for (uint64 i = 0; i < n; i++)
+			names[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		/* An error aborts the (sub)transaction, which clears the bypass. */
+		ddl_bypass = true;
+		for (uint64 i = 0; i < n; i++)
+		{
+			ret = SPI_execute(psprintf("DROP TRIGGER %s ON %s", quote_identifier(names[i]), part_name),
+							  false, 0);
+			if (ret != SPI_OK_UTILITY)
+				elog(ERROR, "tenancy: dropping trigger %s of %s failed: %s", names[i], part_name,
+					 SPI_result_code_string(ret));
+		}
+		ddl_bypass = save_bypass;
+	}
+	return part_col != NULL ? part : InvalidOid;
+}
+
 /*
  * Event trigger function tenancy._on_ddl_command_start(), on
  * ddl_command_start for the same commands as the ddl_command_end guard.
  * Refuses, before core sees them, the commands core would otherwise answer
  * with an error of its own or that leave no trace to check afterwards:
  * dropping, retyping or renaming the tenant column, renaming a tenancy_*
- * trigger or the tenancy_isolation policy.  Everything else that weakens
- * a protected table is caught by the state check at ddl_command_end, for
- * which this records which protected tables were not intact to begin with.
+ * trigger or the tenancy_isolation policy, creating or replacing a
+ * tenancy_* trigger.  Everything else that weakens a protected table is
+ * caught by the state check at ddl_command_end, for which this records
+ * which protected tables were not intact to begin with.  An ATTACH
+ * PARTITION under a protected table is prepared (prepare_attach()), after
+ * that record is taken.
  */
 Datum
 tenancy_ddl_command_start(PG_FUNCTION_ARGS)
@@ -429,7 +555,9 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "tenancy: SPI_connect failed");
 
-	if (IsA(parsetree, AlterTableStmt))
+	if (IsA(parsetree, CreateTrigStmt))
+		check_create_trigger((CreateTrigStmt *) parsetree);
+	else if (IsA(parsetree, AlterTableStmt))
 	{
 		AlterTableStmt *stmt = (AlterTableStmt *) parsetree;
 		ListCell   *lc;
@@ -490,8 +618,36 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 		entry = palloc(sizeof(PriorProblems));
 		entry->subid = GetCurrentSubTransactionId();
 		entry->relids = pstrdup(relids ? relids : "{}");
+		entry->attached = pstrdup("{}");
 		prior_problems = lcons(entry, prior_problems);
 		MemoryContextSwitchTo(oldcxt);
+
+		/*
+		 * After the record: what prepare_attach() drops is for the end
+		 * check to judge, not a problem the table had before.
+		 */
+		if (IsA(parsetree, AlterTableStmt))
+		{
+			AlterTableStmt *stmt = (AlterTableStmt *) parsetree;
+			ListCell   *lc;
+			StringInfoData buf;
+
+			initStringInfo(&buf);
+			foreach(lc, stmt->cmds)
+			{
+				AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+				Oid			part;
+
+				if (cmd->subtype != AT_AttachPartition)
+					continue;
+				part = prepare_attach(stmt->relation, (PartitionCmd *) cmd->def);
+				if (OidIsValid(part))
+					appendStringInfo(&buf, "%s%u", buf.len > 0 ? "," : "", part);
+			}
+			if (buf.len > 0)
+				entry->attached = MemoryContextStrdup(TopTransactionContext,
+													  psprintf("{%s}", buf.data));
+		}
 	}
 
 	SPI_finish();
@@ -516,4 +672,18 @@ tenancy_ddl_prior_problems(PG_FUNCTION_ARGS)
 	result = cstring_to_text(entry->relids);
 	prior_problems = list_delete_first(prior_problems);
 	PG_RETURN_TEXT_P(result);
+}
+
+/*
+ * SQL: tenancy._ddl_attached() RETURNS text, called by the ddl_command_end
+ * trigger before tenancy._ddl_prior_problems(): the protected tables the
+ * command attached to a protected table (an oid[] literal), as the
+ * matching ddl_command_start recorded them.
+ */
+Datum
+tenancy_ddl_attached(PG_FUNCTION_ARGS)
+{
+	if (prior_problems == NIL)
+		PG_RETURN_TEXT_P(cstring_to_text("{}"));
+	PG_RETURN_TEXT_P(cstring_to_text(((PriorProblems *) linitial(prior_problems))->attached));
 }

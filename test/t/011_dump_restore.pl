@@ -40,6 +40,12 @@ SELECT tenancy.protect('notes');
 INSERT INTO notes_child VALUES (1, tenancy.tenant_id('acme'), 'acme'), (2, tenancy.tenant_id('bolt'), 'bolt');
 CREATE POLICY regress_own ON docs USING (true);
 DROP POLICY tenancy_allow ON docs;
+-- A partition detached and attached again.
+CREATE TABLE events_3 PARTITION OF events FOR VALUES IN (3);
+ALTER TABLE events_3 OWNER TO regress_owner;
+ALTER TABLE events DETACH PARTITION events_3;
+ALTER TABLE events ATTACH PARTITION events_3 FOR VALUES IN (3);
+INSERT INTO events VALUES (3, tenancy.tenant_id('acme'), 'acme-3');
 });
 
 my $dump = $node->basedir . '/src.dump';
@@ -50,7 +56,7 @@ $node->command_ok([ 'pg_restore', '--exit-on-error', '-d', 'dst', $dump ],
 
 is($node->safe_psql('dst',
 	q{SELECT string_agg(relid::text || ':' || tenant_column, ',' ORDER BY relid::text) FROM tenancy.protected_tables}),
-	'docs:tenant_id,events:tenant_id,events_1:tenant_id,events_2:tenant_id,notes:tenant_id,notes_child:tenant_id',
+	'docs:tenant_id,events:tenant_id,events_1:tenant_id,events_2:tenant_id,events_3:tenant_id,notes:tenant_id,notes_child:tenant_id',
 	'the restored tables are listed');
 is($node->safe_psql('dst',
 	'SELECT count(*) FROM tenancy._protected_problems()'),
@@ -65,9 +71,11 @@ SELECT set_config('app.tenant_id', tenancy.tenant_id('acme')::text, false) IS NO
 SET ROLE regress_owner;
 SELECT string_agg(who, ',' ORDER BY id) FROM docs;
 SELECT string_agg(who, ',') FROM events_2;
-SELECT string_agg(who, ',') FROM events;
+SELECT string_agg(who, ',' ORDER BY id) FROM events;
 SELECT string_agg(who, ',') FROM notes_child;
-}), "t\nacme-1,acme-2\n\nacme\nacme", 'isolation holds after the restore (an inheritance child too)');
+}), "t\nacme-1,acme-2\n\nacme,acme-3\nacme", 'isolation holds after the restore (an inheritance child too)');
+is($node->safe_psql('dst', q{SELECT used FROM tenancy.check_quota('rows:events', tenant => 'acme')}),
+	'2', 'rows of a partition attached again count for its root');
 
 # And the DDL guard too.
 my ($ret, $stdout, $stderr) = $node->psql('dst', q{
