@@ -91,9 +91,14 @@ tenancy_context_invalidate(void)
 void
 tenancy_context_assigned(const char *oldval, const char *newval)
 {
+	/*
+	 * The same value again (SET LOCAL of the tenant already set) keeps what
+	 * this transaction validated: status is checked once per transaction.
+	 */
+	if (strcmp(oldval ? oldval : "", newval ? newval : "") == 0)
+		return;
 	tenancy_context_invalidate();
-	if (InSecurityRestrictedOperation() &&
-		strcmp(oldval ? oldval : "", newval ? newval : "") != 0)
+	if (InSecurityRestrictedOperation())
 		changed_while_restricted = true;
 }
 
@@ -294,19 +299,10 @@ context_xact_callback(XactEvent event, void *arg)
 	changed_while_restricted = false;
 }
 
-static void
-context_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-						 SubTransactionId parentSubid, void *arg)
-{
-	if (event == SUBXACT_EVENT_ABORT_SUB)
-		tenancy_context_invalidate();
-}
-
 void
 tenancy_context_init(void)
 {
 	RegisterXactCallback(context_xact_callback, NULL);
-	RegisterSubXactCallback(context_subxact_callback, NULL);
 	prev_ExecutorStart = ExecutorStart_hook;
 	ExecutorStart_hook = tenancy_ExecutorStart;
 }
