@@ -964,6 +964,11 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ddl_command_start';
 CREATE FUNCTION tenancy._ddl_prior_problems() RETURNS text
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_prior_problems';
 
+-- Every protected table as ddl_command_start saw them (read before
+-- _ddl_prior_problems()); internal.
+CREATE FUNCTION tenancy._ddl_prior_listed() RETURNS text
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_prior_listed';
+
 -- The protected tables the command attaches to a protected table, as
 -- ddl_command_start saw them (read before _ddl_prior_problems()); internal.
 CREATE FUNCTION tenancy._ddl_attached() RETURNS text
@@ -980,6 +985,7 @@ DECLARE
     cmd record;
     touched oid[] := '{}';
     known oid[];
+    listed oid[];
     attached oid[];
     altered boolean := false;
     rel oid;
@@ -992,6 +998,7 @@ BEGIN
     -- Tables that were not intact before this command (a restore that has
     -- not reached their policies yet): not this command's doing.
     attached := tenancy._ddl_attached()::oid[];
+    listed := tenancy._ddl_prior_listed()::oid[];
     known := tenancy._ddl_prior_problems()::oid[];
     FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
         IF cmd.command_tag OPERATOR(pg_catalog.=) 'ALTER POLICY' AND EXISTS (
@@ -1068,7 +1075,12 @@ BEGIN
                           AND c.relkind OPERATOR(pg_catalog.=) 'r'
           WHERE NOT x.relid OPERATOR(pg_catalog.=) ANY (known);
     END IF;
-    PERFORM tenancy._check_protected(touched, known);
+    -- Judged: the tables that were protected when the command started
+    -- (one listed since, by another session's restore, is not its doing).
+    PERFORM tenancy._check_protected(
+        ARRAY(SELECT t FROM pg_catalog.unnest(touched) WITH ORDINALITY AS u(t, n)
+               WHERE t OPERATOR(pg_catalog.=) ANY (listed) ORDER BY n),
+        known);
     IF audit_touched THEN
         PERFORM tenancy._check_audit_guard(NULL);
     END IF;

@@ -52,6 +52,7 @@ PG_FUNCTION_INFO_V1(tenancy_exec_as_owner);
 PG_FUNCTION_INFO_V1(tenancy_ddl_command_start);
 PG_FUNCTION_INFO_V1(tenancy_ddl_prior_problems);
 PG_FUNCTION_INFO_V1(tenancy_ddl_attached);
+PG_FUNCTION_INFO_V1(tenancy_ddl_prior_listed);
 
 /* Set by protect()/unprotect() for the DDL they run; reset on any abort. */
 static bool ddl_bypass = false;
@@ -72,6 +73,7 @@ typedef struct PriorProblems
 	char	   *relids;
 	char	   *attached;		/* protected tables attached to a protected
 								 * table, as an oid[] literal */
+	char	   *listed;			/* every protected table, as an oid[] literal */
 } PriorProblems;
 
 static List *prior_problems = NIL;
@@ -373,7 +375,10 @@ command_relations(RangeVar *rv)
 	return find_all_inheritors(relid, NoLock, NULL);
 }
 
-/* Refuse if column colname is the tenant column of rv or a descendant. */
+/*
+ * Refuse if column colname is the tenant column of rv or a descendant:
+ * what happens to it, a phrase such as "would be dropped".
+ */
 static void
 check_tenant_column(RangeVar *rv, const char *colname, const char *what)
 {
@@ -387,7 +392,7 @@ check_tenant_column(RangeVar *rv, const char *colname, const char *what)
 		char	   *col = protected_column(relid);
 
 		if (col != NULL && strcmp(col, colname) == 0)
-			refuse_weakening(relid, psprintf("tenant column \"%s\" would be %s", colname, what));
+			refuse_weakening(relid, psprintf("tenant column \"%s\" %s", colname, what));
 	}
 }
 
@@ -435,18 +440,61 @@ protected_intact(Oid relid)
 static void
 check_create_trigger(CreateTrigStmt *stmt)
 {
-	ListCell   *lc;
+	Oid			relid;
 
 	if (stmt->trigname == NULL || strncmp(stmt->trigname, "tenancy_", 8) != 0)
 		return;
-	foreach(lc, command_relations(stmt->relation))
-	{
-		Oid			relid = lfirst_oid(lc);
 
-		if (protected_column(relid) != NULL && protected_intact(relid))
-			refuse_weakening(relid, psprintf("trigger %s would be %s", stmt->trigname,
-											 stmt->replace ? "replaced" : "created"));
+	/*
+	 * The named table only: what a row trigger's cloning does to intact
+	 * partitions is judged at the end, and a statement trigger is not
+	 * cloned (a parallel restore makes a parent's after its partitions').
+	 */
+	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	if (OidIsValid(relid) && protected_column(relid) != NULL && protected_intact(relid))
+		refuse_weakening(relid, psprintf("trigger %s would be %s", stmt->trigname,
+										 stmt->replace ? "replaced" : "created"));
+}
+
+/*
+ * ALTER TABLE subcommands that can only weaken a protected table: refused
+ * whether or not the table is intact (a restore never issues them, and an
+ * unfinished restore must not leave a table open to them).
+ */
+static void
+check_weakening_subcommand(RangeVar *rv, AlterTableCmd *cmd)
+{
+	const char *what = NULL;
+	bool		ours = cmd->name != NULL && strncmp(cmd->name, "tenancy_", 8) == 0;
+
+	switch (cmd->subtype)
+	{
+		case AT_DisableRowSecurity:
+			what = "row level security would be disabled";
+			break;
+		case AT_NoForceRowSecurity:
+			what = "row level security would no longer be forced";
+			break;
+		case AT_DisableTrigAll:
+		case AT_DisableTrigUser:
+		case AT_EnableTrigAll:
+		case AT_EnableTrigUser:
+			what = "a tenancy trigger would be disabled";
+			break;
+		case AT_DisableTrig:
+		case AT_EnableTrig:
+		case AT_EnableReplicaTrig:
+			if (ours)
+				what = "a tenancy trigger would be disabled";
+			break;
+		case AT_DropNotNull:
+			check_tenant_column(rv, cmd->name, "would accept NULL");
+			break;
+		default:
+			break;
 	}
+	if (what != NULL)
+		check_protected_relation(rv, what);
 }
 
 /*
@@ -567,9 +615,11 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 			AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
 
 			if (cmd->subtype == AT_DropColumn)
-				check_tenant_column(stmt->relation, cmd->name, "dropped");
+				check_tenant_column(stmt->relation, cmd->name, "would be dropped");
 			else if (cmd->subtype == AT_AlterColumnType)
-				check_tenant_column(stmt->relation, cmd->name, "retyped");
+				check_tenant_column(stmt->relation, cmd->name, "would be retyped");
+			else
+				check_weakening_subcommand(stmt->relation, cmd);
 		}
 	}
 	else if (IsA(parsetree, RenameStmt))
@@ -577,7 +627,7 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 		RenameStmt *stmt = (RenameStmt *) parsetree;
 
 		if (stmt->renameType == OBJECT_COLUMN)
-			check_tenant_column(stmt->relation, stmt->subname, "renamed");
+			check_tenant_column(stmt->relation, stmt->subname, "would be renamed");
 		else if (stmt->renameType == OBJECT_TRIGGER && stmt->subname != NULL &&
 				 strncmp(stmt->subname, "tenancy_", 8) == 0)
 			check_protected_relation(stmt->relation,
@@ -596,6 +646,7 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 	{
 		int			ret = 0;
 		char	   *relids = NULL;
+		char	   *listed = NULL;
 		MemoryContext oldcxt;
 		PriorProblems *entry;
 		bool		creates_temp = false;
@@ -606,19 +657,25 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 			creates_temp = ((CreateTableAsStmt *) parsetree)->into->rel->relpersistence == RELPERSISTENCE_TEMP;
 
 		if (!creates_temp)
-			ret = SPI_execute("SELECT pg_catalog.array_agg(p.relid::pg_catalog.oid)::pg_catalog.text "
-							  "FROM tenancy._protected_problems() p", true, 0);
+			ret = SPI_execute("SELECT (SELECT pg_catalog.array_agg(p.relid::pg_catalog.oid)::pg_catalog.text "
+							  "          FROM tenancy._protected_problems() p), "
+							  "       (SELECT pg_catalog.array_agg(t.relid::pg_catalog.oid)::pg_catalog.text "
+							  "          FROM tenancy.protected_tables t)", true, 0);
 		if (!creates_temp && ret != SPI_OK_SELECT)
 			elog(ERROR, "tenancy: checking protected tables failed: %s",
 				 SPI_result_code_string(ret));
 		if (!creates_temp && SPI_processed == 1)
+		{
 			relids = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+			listed = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		}
 
 		oldcxt = MemoryContextSwitchTo(TopTransactionContext);
 		entry = palloc(sizeof(PriorProblems));
 		entry->subid = GetCurrentSubTransactionId();
 		entry->relids = pstrdup(relids ? relids : "{}");
 		entry->attached = pstrdup("{}");
+		entry->listed = pstrdup(listed ? listed : "{}");
 		prior_problems = lcons(entry, prior_problems);
 		MemoryContextSwitchTo(oldcxt);
 
@@ -686,4 +743,20 @@ tenancy_ddl_attached(PG_FUNCTION_ARGS)
 	if (prior_problems == NIL)
 		PG_RETURN_TEXT_P(cstring_to_text("{}"));
 	PG_RETURN_TEXT_P(cstring_to_text(((PriorProblems *) linitial(prior_problems))->attached));
+}
+
+/*
+ * SQL: tenancy._ddl_prior_listed() RETURNS text, called by the
+ * ddl_command_end trigger before tenancy._ddl_prior_problems(): the
+ * protected tables as ddl_command_start saw them (an oid[] literal).  Only
+ * those are judged at the end: a table another session lists meanwhile (a
+ * parallel pg_restore loading tenancy.protected_tables while this worker
+ * makes triggers) is not this command's doing.
+ */
+Datum
+tenancy_ddl_prior_listed(PG_FUNCTION_ARGS)
+{
+	if (prior_problems == NIL)
+		PG_RETURN_TEXT_P(cstring_to_text("{}"));
+	PG_RETURN_TEXT_P(cstring_to_text(((PriorProblems *) linitial(prior_problems))->listed));
 }
