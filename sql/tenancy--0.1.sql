@@ -489,6 +489,16 @@ AS $$
 DECLARE
     listed boolean := EXISTS (SELECT FROM tenancy.protected_tables WHERE relid OPERATOR(pg_catalog.=) tbl);
 BEGIN
+    -- Crash recovery empties an unlogged table without firing a trigger:
+    -- its rows' usage could not stay equal to what it holds.  (Also for a
+    -- partition or child, protected with its parent.)
+    IF (SELECT c.relpersistence FROM pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tbl)
+       OPERATOR(pg_catalog.=) 'u' THEN
+        RAISE EXCEPTION 'tenancy: % cannot be protected: it is unlogged', tbl
+            USING ERRCODE = '55000',
+                  DETAIL = 'Crash recovery empties an unlogged table without firing triggers, so its rows'' quota usage could not stay exact.',
+                  HINT = format('Make it logged first: ALTER TABLE %s SET LOGGED.', tbl);
+    END IF;
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.current_tenant_id()', tbl, col);
     -- An index leading with the tenant column (whole-table and valid).  A
     -- partition has the one of its partitioned parent; a table or an
@@ -969,8 +979,10 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_prior_problems';
 CREATE FUNCTION tenancy._ddl_prior_listed() RETURNS text
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_prior_listed';
 
--- The protected tables the command attaches to a protected table, as
--- ddl_command_start saw them (read before _ddl_prior_problems()); internal.
+-- The tables whose usage the command changes behind the row triggers (a
+-- protected table attached to a protected table; columns added, dropped
+-- or retyped), as ddl_command_start saw them (read before
+-- _ddl_prior_problems()); internal.
 CREATE FUNCTION tenancy._ddl_attached() RETURNS text
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_attached';
 
@@ -1063,7 +1075,9 @@ BEGIN
     END IF;
     -- Protected tables attached as partitions of a protected table (their
     -- own row triggers made way for the parent's at ddl_command_start):
-    -- their rows now count for the new root.
+    -- their rows now count for the new root.  Tables whose columns were
+    -- added, dropped or retyped: their rows' stored sizes changed.  Both are
+    -- counted again (a scan of each table, as protect() does).
     IF attached OPERATOR(pg_catalog.<>) '{}' THEN
         PERFORM tenancy._quota_adopt(p.relid, p.tenant_column)
            FROM (SELECT a AS relid FROM pg_catalog.unnest(attached) a

@@ -71,8 +71,10 @@ typedef struct PriorProblems
 {
 	SubTransactionId subid;
 	char	   *relids;
-	char	   *attached;		/* protected tables attached to a protected
-								 * table, as an oid[] literal */
+	char	   *attached;		/* tables whose usage is counted again at the
+								 * end (attached to a protected table, or
+								 * columns added, dropped or retyped), as an
+								 * oid[] literal */
 	char	   *listed;			/* every protected table, as an oid[] literal */
 } PriorProblems;
 
@@ -490,6 +492,10 @@ check_weakening_subcommand(RangeVar *rv, AlterTableCmd *cmd)
 		case AT_DropNotNull:
 			check_tenant_column(rv, cmd->name, "would accept NULL");
 			break;
+		case AT_SetUnLogged:
+			/* not isolation, but exact usage: see _protect_relation() */
+			what = "it would become unlogged (crash recovery would empty it behind its quota usage)";
+			break;
 		default:
 			break;
 	}
@@ -695,6 +701,19 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 				AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
 				Oid			part;
 
+				if (cmd->subtype == AT_AddColumn || cmd->subtype == AT_DropColumn ||
+					cmd->subtype == AT_AlterColumnType)
+				{
+					/*
+					 * The stored values change without row triggers: the
+					 * table's storage_bytes is counted again at the end.
+					 */
+					Oid			relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+
+					if (OidIsValid(relid))
+						appendStringInfo(&buf, "%s%u", buf.len > 0 ? "," : "", relid);
+					continue;
+				}
 				if (cmd->subtype != AT_AttachPartition)
 					continue;
 				part = prepare_attach(stmt->relation, (PartitionCmd *) cmd->def);
@@ -733,9 +752,11 @@ tenancy_ddl_prior_problems(PG_FUNCTION_ARGS)
 
 /*
  * SQL: tenancy._ddl_attached() RETURNS text, called by the ddl_command_end
- * trigger before tenancy._ddl_prior_problems(): the protected tables the
- * command attached to a protected table (an oid[] literal), as the
- * matching ddl_command_start recorded them.
+ * trigger before tenancy._ddl_prior_problems(): the tables whose usage the
+ * command changes behind the row triggers (an oid[] literal), as the
+ * matching ddl_command_start recorded them: protected tables attached to a
+ * protected table (their rows count for the new root), tables whose
+ * columns are added, dropped or retyped (their stored sizes change).
  */
 Datum
 tenancy_ddl_attached(PG_FUNCTION_ARGS)
