@@ -810,17 +810,16 @@ SELECT p.relid, CASE
         format('tenant column "%s" would be dropped, renamed or retyped', p.tenant_column)
     WHEN NOT a.attnotnull THEN
         format('tenant column "%s" would accept NULL', p.tenant_column)
-    -- (the expressions as _protect_relation() checks them)
+    -- (Not its expressions: pg_get_expr() would lock every protected table
+    -- at the start of every guarded command, and deadlock the workers of
+    -- a parallel restore.  ALTER POLICY on it is refused, and protection,
+    -- including ATTACH, makes it anew when its expressions differ.)
     WHEN NOT EXISTS (SELECT FROM pg_policy pol
                       WHERE pol.polrelid OPERATOR(pg_catalog.=) p.relid
                         AND pol.polname OPERATOR(pg_catalog.=) 'tenancy_isolation'
                         AND NOT pol.polpermissive
                         AND pol.polcmd OPERATOR(pg_catalog.=) '*'
-                        AND pol.polroles OPERATOR(pg_catalog.=) '{0}'::oid[]
-                        AND pg_catalog.pg_get_expr(pol.polqual, pol.polrelid)
-                            OPERATOR(pg_catalog.=) pg_catalog.format('(%I = ( SELECT tenancy.current_tenant_id() AS current_tenant_id))', p.tenant_column)
-                        AND pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid)
-                            OPERATOR(pg_catalog.=) pg_catalog.format('(%I = ( SELECT tenancy.current_tenant_id() AS current_tenant_id))', p.tenant_column)) THEN
+                        AND pol.polroles OPERATOR(pg_catalog.=) '{0}'::oid[]) THEN
         'policy tenancy_isolation would be dropped or changed'
     -- PostgreSQL applies restrictive policies in name order: one that
     -- comes first sees every tenant's rows.
