@@ -982,8 +982,8 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_prior_listed';
 -- protected table attached to a protected table; columns added, dropped
 -- or retyped), as ddl_command_start saw them (read before
 -- _ddl_prior_problems()); internal.
-CREATE FUNCTION tenancy._ddl_attached() RETURNS text
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_attached';
+CREATE FUNCTION tenancy._ddl_recount() RETURNS text
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_recount';
 
 -- ddl_command_end: protect new partitions of protected tables, apply
 -- tenancy.auto_protect, refuse ALTER POLICY on an isolation policy, and
@@ -997,7 +997,7 @@ DECLARE
     touched oid[] := '{}';
     known oid[];
     listed oid[];
-    attached oid[];
+    recount oid[];
     altered boolean := false;
     rel oid;
     audit_rel oid := pg_catalog.to_regclass('tenancy.audit_log');
@@ -1008,7 +1008,7 @@ BEGIN
     END IF;
     -- Tables that were not intact before this command (a restore that has
     -- not reached their policies yet): not this command's doing.
-    attached := tenancy._ddl_attached()::oid[];
+    recount := tenancy._ddl_recount()::oid[];
     listed := tenancy._ddl_prior_listed()::oid[];
     known := tenancy._ddl_prior_problems()::oid[];
     FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
@@ -1077,11 +1077,11 @@ BEGIN
     -- their rows now count for the new root.  Tables whose columns were
     -- added, dropped or retyped: their rows' stored sizes changed.  Both are
     -- counted again (a scan of each table, as protect() does).
-    IF attached OPERATOR(pg_catalog.<>) '{}' THEN
+    IF recount OPERATOR(pg_catalog.<>) '{}' THEN
         PERFORM tenancy._quota_adopt(p.relid, p.tenant_column)
-           FROM (SELECT a AS relid FROM pg_catalog.unnest(attached) a
+           FROM (SELECT a AS relid FROM pg_catalog.unnest(recount) a
                  UNION
-                 SELECT d.relid::oid FROM pg_catalog.unnest(attached) a,
+                 SELECT d.relid::oid FROM pg_catalog.unnest(recount) a,
                                           tenancy._descendants(a::regclass) d) x
            JOIN tenancy.protected_tables p ON p.relid OPERATOR(pg_catalog.=) x.relid::regclass
            JOIN pg_class c ON c.oid OPERATOR(pg_catalog.=) x.relid

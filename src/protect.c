@@ -51,7 +51,7 @@ PG_FUNCTION_INFO_V1(tenancy_ddl_bypass);
 PG_FUNCTION_INFO_V1(tenancy_exec_as_owner);
 PG_FUNCTION_INFO_V1(tenancy_ddl_command_start);
 PG_FUNCTION_INFO_V1(tenancy_ddl_prior_problems);
-PG_FUNCTION_INFO_V1(tenancy_ddl_attached);
+PG_FUNCTION_INFO_V1(tenancy_ddl_recount);
 PG_FUNCTION_INFO_V1(tenancy_ddl_prior_listed);
 
 /* Set by protect()/unprotect() for the DDL they run; reset on any abort. */
@@ -62,16 +62,17 @@ static bool ddl_bypass = false;
  * command started (a restore in progress, say, has not yet enabled row
  * level security on the tables it lists), as the text of an oid[].  The
  * state check at ddl_command_end refuses only what the command itself
- * weakened.  Also the protected tables an ATTACH PARTITION moves under a
- * protected table, whose usage ddl_command_end counts again.  A stack, because DDL can run inside DDL; entries remember
- * their subtransaction so that an aborted one takes its entries with it.
+ * weakened.  Also every protected table (only those are judged at the end)
+ * and the tables whose usage ddl_command_end counts again.  A stack,
+ * because DDL can run inside DDL; entries remember their subtransaction so
+ * that an aborted one takes its entries with it.
  * Lives in TopTransactionContext.
  */
 typedef struct PriorProblems
 {
 	SubTransactionId subid;
 	char	   *relids;
-	char	   *attached;		/* tables whose usage is counted again at the
+	char	   *recount;		/* tables whose usage is counted again at the
 								 * end (attached to a protected table, or
 								 * columns added, dropped or retyped), as an
 								 * oid[] literal */
@@ -461,7 +462,9 @@ check_create_trigger(CreateTrigStmt *stmt)
 /*
  * ALTER TABLE subcommands that can only weaken a protected table: refused
  * whether or not the table is intact (a restore never issues them, and an
- * unfinished restore must not leave a table open to them).
+ * unfinished restore must not leave a table open to them).  Dropping or
+ * retyping the tenant column is refused here too, before core answers with
+ * a dependency error of its own.
  */
 static void
 check_weakening_subcommand(RangeVar *rv, AlterTableCmd *cmd)
@@ -488,6 +491,12 @@ check_weakening_subcommand(RangeVar *rv, AlterTableCmd *cmd)
 		case AT_EnableReplicaTrig:
 			if (ours)
 				what = "a tenancy trigger would be disabled";
+			break;
+		case AT_DropColumn:
+			check_tenant_column(rv, cmd->name, "would be dropped");
+			break;
+		case AT_AlterColumnType:
+			check_tenant_column(rv, cmd->name, "would be retyped");
 			break;
 		case AT_DropNotNull:
 			check_tenant_column(rv, cmd->name, "would accept NULL");
@@ -618,14 +627,7 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 
 		foreach(lc, stmt->cmds)
 		{
-			AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
-
-			if (cmd->subtype == AT_DropColumn)
-				check_tenant_column(stmt->relation, cmd->name, "would be dropped");
-			else if (cmd->subtype == AT_AlterColumnType)
-				check_tenant_column(stmt->relation, cmd->name, "would be retyped");
-			else
-				check_weakening_subcommand(stmt->relation, cmd);
+			check_weakening_subcommand(stmt->relation, lfirst_node(AlterTableCmd, lc));
 		}
 	}
 	else if (IsA(parsetree, RenameStmt))
@@ -680,7 +682,7 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 		entry = palloc(sizeof(PriorProblems));
 		entry->subid = GetCurrentSubTransactionId();
 		entry->relids = pstrdup(relids ? relids : "{}");
-		entry->attached = pstrdup("{}");
+		entry->recount = pstrdup("{}");
 		entry->listed = pstrdup(listed ? listed : "{}");
 		prior_problems = lcons(entry, prior_problems);
 		MemoryContextSwitchTo(oldcxt);
@@ -692,6 +694,7 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 		if (IsA(parsetree, AlterTableStmt))
 		{
 			AlterTableStmt *stmt = (AlterTableStmt *) parsetree;
+			Oid			relid = RangeVarGetRelid(stmt->relation, NoLock, true);
 			ListCell   *lc;
 			StringInfoData buf;
 
@@ -708,8 +711,6 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 					 * The stored values change without row triggers: the
 					 * table's storage_bytes is counted again at the end.
 					 */
-					Oid			relid = RangeVarGetRelid(stmt->relation, NoLock, true);
-
 					if (OidIsValid(relid))
 						appendStringInfo(&buf, "%s%u", buf.len > 0 ? "," : "", relid);
 					continue;
@@ -721,7 +722,7 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 					appendStringInfo(&buf, "%s%u", buf.len > 0 ? "," : "", part);
 			}
 			if (buf.len > 0)
-				entry->attached = MemoryContextStrdup(TopTransactionContext,
+				entry->recount = MemoryContextStrdup(TopTransactionContext,
 													  psprintf("{%s}", buf.data));
 		}
 	}
@@ -751,7 +752,7 @@ tenancy_ddl_prior_problems(PG_FUNCTION_ARGS)
 }
 
 /*
- * SQL: tenancy._ddl_attached() RETURNS text, called by the ddl_command_end
+ * SQL: tenancy._ddl_recount() RETURNS text, called by the ddl_command_end
  * trigger before tenancy._ddl_prior_problems(): the tables whose usage the
  * command changes behind the row triggers (an oid[] literal), as the
  * matching ddl_command_start recorded them: protected tables attached to a
@@ -759,11 +760,11 @@ tenancy_ddl_prior_problems(PG_FUNCTION_ARGS)
  * columns are added, dropped or retyped (their stored sizes change).
  */
 Datum
-tenancy_ddl_attached(PG_FUNCTION_ARGS)
+tenancy_ddl_recount(PG_FUNCTION_ARGS)
 {
 	if (prior_problems == NIL)
 		PG_RETURN_TEXT_P(cstring_to_text("{}"));
-	PG_RETURN_TEXT_P(cstring_to_text(((PriorProblems *) linitial(prior_problems))->attached));
+	PG_RETURN_TEXT_P(cstring_to_text(((PriorProblems *) linitial(prior_problems))->recount));
 }
 
 /*
