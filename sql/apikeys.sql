@@ -193,6 +193,11 @@ SELECT action, count(*) FROM tenancy.audit_log
  GROUP BY action ORDER BY action;
 SELECT count(*) AS audit_rows_with_key_material FROM tenancy.audit_log
  WHERE details::text ~ 'tk_[0-9A-Za-z]{12,}' OR target ~ 'tk_[0-9A-Za-z]{12,}';
+-- The audit row shows the permissions as stored (duplicates removed).
+SELECT tenancy.create_api_key('regress-acme', 'dup-perms', '{write,read,write}') IS NOT NULL AS created;
+SELECT k.permissions, a.details->'permissions' AS audited
+  FROM tenancy.api_keys k JOIN tenancy.audit_log a ON a.target = k.id::text
+ WHERE k.name = 'dup-perms' AND a.action = 'api_key.create';
 
 --
 -- A bound session of a plain LOGIN role with no other rights

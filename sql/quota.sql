@@ -429,8 +429,29 @@ SELECT tenancy.consume_quota('edge', 9223372036854775807);   -- TQ001
 SELECT tenancy.consume_quota('edge_unlimited', 9223372036854775807);
 SELECT tenancy.consume_quota('edge_unlimited', 1);            -- 22003
 SELECT used FROM tenancy.check_quota('edge_unlimited');
+-- check_quota agrees with consume_quota: not allowed, and says why.
+SELECT allowed, remaining, reason FROM tenancy.check_quota('edge_unlimited', 1);
+SELECT allowed FROM tenancy.check_quota('edge_unlimited', 0);
 SELECT tenancy.release_quota('edge_unlimited', 9223372036854775807);
 SELECT tenancy.release_quota('edge', -1);                     -- 22023, hint: consume
+-- The row meters of usage() name the table as regclass::text prints it in
+-- the caller's search_path, as quota results do; a dropped table's keep
+-- the schema-qualified name they are stored under.
+CREATE SCHEMA q_meter;
+CREATE TABLE q_meter.log (id serial PRIMARY KEY, tenant_id uuid, body text);
+SELECT tenancy.protect('q_meter.log');
+INSERT INTO q_meter.log (body) VALUES ('a'), ('b');
+DELETE FROM q_meter.log WHERE body = 'a';
+SELECT resource, amount FROM tenancy.usage('q-edge', NULL, NULL) WHERE resource LIKE 'rows_%' ORDER BY 1;
+SET search_path = q_meter, public;
+SELECT resource, amount FROM tenancy.usage('q-edge', NULL, NULL) WHERE resource LIKE 'rows_%' ORDER BY 1;
+RESET search_path;
+SELECT tenancy.rollup_usage() > 0 AS folded;
+SELECT DISTINCT resource FROM tenancy.usage_rollups
+ WHERE tenant_id = tenancy.tenant_id('q-edge') AND resource LIKE 'rows_%' ORDER BY 1;
+DROP TABLE q_meter.log;
+DROP SCHEMA q_meter;
+SELECT resource, amount FROM tenancy.usage('q-edge', NULL, NULL) WHERE resource LIKE 'rows_%' ORDER BY 1;
 -- Bad rows:<table> names are 22023 like unknown tables, whatever the syntax.
 SELECT tenancy.check_quota('rows:');
 SELECT tenancy.check_quota('rows:"unterminated');

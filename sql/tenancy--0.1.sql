@@ -1792,7 +1792,7 @@ BEGIN
     INSERT INTO tenancy.api_keys (tenant_id, name, prefix, key_hash, permissions, scopes, expires_at)
     VALUES (tid, key_name, key_prefix, hash,
             ARRAY(SELECT DISTINCT p FROM unnest(perms) p ORDER BY 1), key_scopes, key_expires)
-    RETURNING id INTO new_id;
+    RETURNING id, permissions INTO new_id, perms;
     PERFORM tenancy._audit(CASE WHEN rotated_from IS NULL THEN 'api_key.create' ELSE 'api_key.rotate' END,
                            tid, new_id::text,
                            jsonb_strip_nulls(jsonb_build_object(

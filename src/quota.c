@@ -1608,8 +1608,6 @@ quota_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 
 /* ---------- the internal API ---------- */
 
-static char *display_resource(const char *resource);
-
 static void
 raise_quota_exceeded(const pg_uuid_t *tenant, const char *resource,
 					 int64 used, int64 amount, int64 limit)
@@ -1618,7 +1616,7 @@ raise_quota_exceeded(const pg_uuid_t *tenant, const char *resource,
 
 	snprintf(denied, sizeof(denied), "quota_denied:%s", resource);
 	tenancy_usage_record(tenant, denied, 1, true);
-	resource = display_resource(resource);
+	resource = tenancy_display_resource(resource);
 	ereport(ERROR,
 			(errcode(ERRCODE_TENANCY_QUOTA_EXCEEDED),
 			 errmsg("tenancy: quota exceeded for resource \"%s\"", resource),
@@ -1840,23 +1838,34 @@ quota_state(const pg_uuid_t *tenant, const char *resource, QuotaState *st)
 }
 
 /*
- * The name of a resource as results print it.  Counters are kept under the
- * canonical, schema-qualified rows:<table>; the SPEC prints the table as
- * regclass::text does, that is as the caller's search_path shows it
- * (rows:orders when public is on the path).  Other names print as they are.
+ * The name of a resource as results print it.  Counters and meters are kept
+ * under canonical, schema-qualified table names (rows:public.orders,
+ * rows_inserted:public.orders, quota_denied:rows:public.orders); the SPEC
+ * prints the table as regclass::text does, that is as the caller's
+ * search_path shows it (rows:orders when public is on the path).  Other
+ * names, and names of tables that no longer exist, print as they are.
  */
-static char *
-display_resource(const char *resource)
+char *
+tenancy_display_resource(const char *resource)
 {
-	Oid			relid;
+	static const char *const prefixes[] = {
+		"rows:", "rows_inserted:", "rows_deleted:", "quota_denied:rows:"
+	};
 
-	if (strncmp(resource, "rows:", 5) != 0)
-		return pstrdup(resource);
-	relid = table_of_resource_name(resource + 5);
-	if (!OidIsValid(relid))
-		return pstrdup(resource);
-	return psprintf("rows:%s",
-					DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(relid))));
+	for (size_t i = 0; i < lengthof(prefixes); i++)
+	{
+		size_t		len = strlen(prefixes[i]);
+		Oid			relid;
+
+		if (strncmp(resource, prefixes[i], len) != 0)
+			continue;
+		relid = table_of_resource_name(resource + len);
+		if (!OidIsValid(relid))
+			break;
+		return psprintf("%s%s", prefixes[i],
+						DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(relid))));
+	}
+	return pstrdup(resource);
 }
 
 /* Build a tenancy.quota_check tuple for amount more of resource. */
@@ -1872,7 +1881,7 @@ quota_check_tuple(TupleDesc desc, const pg_uuid_t *tenant, const char *resource,
 
 	memcpy(t, tenant, sizeof(pg_uuid_t));
 	if (!st->has_limit)
-		allowed = true;
+		allowed = st->inflight <= 0 || amount <= PG_INT64_MAX - st->inflight;
 	else if (strcmp(resource, "api_keys") == 0)
 		allowed = st->used <= st->limit && amount <= st->limit - st->used;
 	else
@@ -1888,7 +1897,7 @@ quota_check_tuple(TupleDesc desc, const pg_uuid_t *tenant, const char *resource,
 		health = "good";
 
 	values[0] = UUIDPGetDatum(t);
-	values[1] = CStringGetTextDatum(display_resource(resource));
+	values[1] = CStringGetTextDatum(tenancy_display_resource(resource));
 	values[2] = BoolGetDatum(allowed);
 	values[3] = Int64GetDatum(st->used);
 	if (st->has_limit)
@@ -1901,10 +1910,15 @@ quota_check_tuple(TupleDesc desc, const pg_uuid_t *tenant, const char *resource,
 	values[6] = CStringGetTextDatum(health);
 	if (allowed)
 		nulls[7] = true;
+	else if (!st->has_limit)
+		values[7] = CStringGetTextDatum(psprintf("Tenant \"%s\" has used " INT64_FORMAT " of resource \"%s\"; "
+												 INT64_FORMAT " more would take it past " INT64_FORMAT ", the most a counter holds.",
+												 tenant_label(tenant), st->used, tenancy_display_resource(resource),
+												 amount, PG_INT64_MAX));
 	else
 		values[7] = CStringGetTextDatum(psprintf("Tenant \"%s\" has used " INT64_FORMAT " of resource \"%s\"; "
 												 INT64_FORMAT " more would pass its limit of " INT64_FORMAT ".",
-												 tenant_label(tenant), st->used, display_resource(resource),
+												 tenant_label(tenant), st->used, tenancy_display_resource(resource),
 												 amount, st->limit));
 	return heap_form_tuple(desc, values, nulls);
 }

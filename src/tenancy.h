@@ -126,6 +126,7 @@ extern bool tenancy_quota_tenant_arg(FunctionCallInfo fcinfo, int argno,
 extern void tenancy_quota_add(const pg_uuid_t *tenant, const char *resource,
 							  Oid relid, int64 delta, bool enforce);
 extern void tenancy_quota_forget_relation(Oid relid);
+extern char *tenancy_display_resource(const char *resource);
 
 /* What a statement remembers between rows about one counter it changes. */
 typedef struct TenancyQuotaCache

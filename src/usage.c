@@ -1165,9 +1165,30 @@ unwritten_arrays(const pg_uuid_t *tenant, Datum *resources, Datum *ats, Datum *a
  * unbounded.  This backend's own records are written first (at top level),
  * so they are included.
  */
+typedef struct UsageRow
+{
+	TimestampTz period_start;
+	char	   *resource;
+	int64		amount;
+} UsageRow;
+
+static int
+usage_row_cmp(const void *a, const void *b)
+{
+	const UsageRow *x = a;
+	const UsageRow *y = b;
+
+	if (x->period_start != y->period_start)
+		return x->period_start < y->period_start ? -1 : 1;
+	return strcmp(x->resource, y->resource);
+}
+
 Datum
 tenancy_usage(PG_FUNCTION_ARGS)
 {
+	MemoryContext outer = CurrentMemoryContext;
+	UsageRow   *rows;
+	uint64		nrows;
 	char	   *granularity;
 	pg_uuid_t	tenant;
 	TupleDesc	tupdesc;
@@ -1250,20 +1271,37 @@ tenancy_usage(PG_FUNCTION_ARGS)
 							 true, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "tenancy: reading usage failed");
 
-	for (i = 0; i < SPI_processed; i++)
+	nrows = SPI_processed;
+	rows = MemoryContextAlloc(outer, sizeof(UsageRow) * Max(nrows, 1));
+	for (i = 0; i < nrows; i++)
 	{
-		Datum		values[3];
-		bool		nulls[3];
-		int			c;
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
 
-		for (c = 0; c < 3; c++)
-			values[c] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, c + 1, &nulls[c]);
-		tuplestore_putvalues(tupstore, tupdesc, values, nulls);
+		rows[i].period_start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 1, &isnull));
+		rows[i].resource = MemoryContextStrdup(outer, TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull)));
+		rows[i].amount = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
 	}
 	SPI_finish();
 	UnregisterSnapshot(snapshot);
 	AtEOXact_GUC(true, save_nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec);
+
+	/* Tables print as the caller's search_path shows them, as in quotas. */
+	for (i = 0; i < nrows; i++)
+		rows[i].resource = tenancy_display_resource(rows[i].resource);
+	qsort(rows, nrows, sizeof(UsageRow), usage_row_cmp);
+	for (i = 0; i < nrows; i++)
+	{
+		Datum		values[3];
+		bool		nulls[3] = {false, false, false};
+
+		values[0] = TimestampTzGetDatum(rows[i].period_start);
+		values[1] = CStringGetTextDatum(rows[i].resource);
+		values[2] = Int64GetDatum(rows[i].amount);
+		tuplestore_putvalues(tupstore, tupdesc, values, nulls);
+	}
 	return (Datum) 0;
 }
 
