@@ -446,9 +446,11 @@ SELECT resource, amount FROM tenancy.usage('q-edge', NULL, NULL) WHERE resource 
 SET search_path = q_meter, public;
 SELECT resource, amount FROM tenancy.usage('q-edge', NULL, NULL) WHERE resource LIKE 'rows_%' ORDER BY 1;
 RESET search_path;
-SELECT tenancy.rollup_usage() > 0 AS folded;
-SELECT DISTINCT resource FROM tenancy.usage_rollups
+BEGIN;
+SELECT tenancy._usage_flush();
+SELECT DISTINCT resource FROM tenancy.usage_events
  WHERE tenant_id = tenancy.tenant_id('q-edge') AND resource LIKE 'rows_%' ORDER BY 1;
+ROLLBACK;
 DROP TABLE q_meter.log;
 DROP SCHEMA q_meter;
 SELECT resource, amount FROM tenancy.usage('q-edge', NULL, NULL) WHERE resource LIKE 'rows_%' ORDER BY 1;

@@ -234,6 +234,9 @@ BEGIN
         PERFORM tenancy._check_plan(plan);
     END IF;
     PERFORM tenancy._check_metadata(metadata);
+    IF pg_catalog.num_nonnulls(name, plan, metadata, expires_at) OPERATOR(pg_catalog.=) 0 THEN
+        RETURN;     -- nothing to change, nothing to audit
+    END IF;
     UPDATE tenancy.tenants t
        SET name = coalesce(update_tenant.name, t.name),
            plan = coalesce(update_tenant.plan, t.plan),
@@ -256,7 +259,14 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     tid uuid := tenancy.tenant_id(tenant);
+    old_status text;
 BEGIN
+    SELECT t.status INTO old_status FROM tenancy.tenants t
+     WHERE t.id OPERATOR(pg_catalog.=) tid FOR NO KEY UPDATE;
+    -- Nothing changes, nothing is audited (a second suspend, say).
+    IF old_status OPERATOR(pg_catalog.=) new_status THEN
+        RETURN tid;
+    END IF;
     UPDATE tenancy.tenants t
        SET status = new_status,
            updated_at = now(),
@@ -1436,7 +1446,9 @@ BEGIN
         IF remove THEN
             DELETE FROM tenancy.tenant_quotas q
              WHERE q.tenant_id OPERATOR(pg_catalog.=) tid AND q.resource OPERATOR(pg_catalog.=) _set_quota.resource;
-            PERFORM tenancy._audit('quota.clear_tenant', tid, owner_, jsonb_build_object('resource', resource));
+            IF FOUND THEN
+                PERFORM tenancy._audit('quota.clear_tenant', tid, owner_, jsonb_build_object('resource', resource));
+            END IF;
         ELSE
             INSERT INTO tenancy.tenant_quotas AS q (tenant_id, resource, quota_limit, period)
             VALUES (tid, resource, quota_limit, period)
