@@ -975,14 +975,29 @@ pending_force(Pending *p, int64 amount)
  * plus what this transaction reserved (its records all belong to open
  * subtransactions, ancestors of the current one: if one of them aborts,
  * this release goes too).  Returns what was given back.
+ *
+ * exact: the amount is usage that certainly exists (a row deleted, a
+ * table's share given back) and is given back whole.  The row may have been
+ * inserted by a transaction that has committed but not yet moved its
+ * reservation to committed (that happens in its commit callback, after its
+ * rows became visible), so committed usage can be short of it for a moment;
+ * clamping would lose the release for good.
  */
 static int64
-pending_release(Pending *p, int64 amount)
+pending_release(Pending *p, int64 amount, bool exact)
 {
 	QuotaEntry *e = p->entry;
 	int64		mine = p->pos;
 	int64		eff = 0;
 
+	if (exact)
+	{
+		SpinLockAcquire(&e->mutex);
+		e->releasing += amount;
+		SpinLockRelease(&e->mutex);
+		p->neg += amount;
+		return amount;
+	}
 	for (int attempt = 0; attempt < 2; attempt++)
 	{
 		int64		avail;
@@ -1050,8 +1065,12 @@ pending_apply(Pending *p, bool reset, bool waits)
 		e->committed = 0;
 	else
 		e->committed += p->pos - p->neg;
-	if (e->committed < 0)
-		e->committed = 0;
+
+	/*
+	 * No clamp at zero: a row's delete can commit before the commit
+	 * callback of the transaction that inserted it adds the row here (see
+	 * pending_release), and the sum is right again once it has.
+	 */
 	if (waits && !reset)
 		entry_add_waiting(e, p->pos - p->neg);
 	e->pins--;
@@ -1687,7 +1706,7 @@ quota_add_cached(TenancyQuotaCache *c, const pg_uuid_t *tenant,
 			raise_quota_exceeded(tenant, resource, used + own_net(p->entry), delta, c->limit);
 	}
 	else
-		pending_release(p, -delta);
+		pending_release(p, -delta, true);
 }
 
 void
@@ -1768,7 +1787,7 @@ tenancy_quota_forget_relation(Oid relid)
 			{
 				QuotaKey	key = pending[i].entry->key;
 
-				pending_release(pending_get(&key, relid, NULL), own[i]);
+				pending_release(pending_get(&key, relid, NULL), own[i], true);
 			}
 		pfree(own);
 	}
@@ -2072,7 +2091,7 @@ tenancy_release_quota(PG_FUNCTION_ARGS)
 
 	explicit_call(fcinfo, "release_quota", &call);
 	if (call.amount > 0)
-		pending_release(call.p, call.amount);
+		pending_release(call.p, call.amount, false);
 	PG_RETURN_INT64(visible_usage(call.p));
 }
 

@@ -153,6 +153,28 @@ ok($samples > 0 && $max <= 300, "the committed row count sampled $samples times 
 $node->restart;
 check_invariants('after restart', 300, 400);
 
+# Near zero: each transaction inserts a row and deletes two random ones, so
+# rows are deleted right after the commit that made them visible, before
+# (or while) that commit adds them to the shared counter.  A delete must
+# give its row back whole even then, or usage stays above the table.
+$node->safe_psql('postgres', "SET app.tenant_id = '$tid'; DELETE FROM stress_rows");
+my $churn = q{
+\set v random(1, 20)
+BEGIN;
+SELECT stress_insert(:v);
+DELETE FROM stress_rows WHERE id IN (SELECT id FROM stress_rows ORDER BY random() LIMIT 2);
+COMMIT;
+};
+{
+	local $ENV{PGOPTIONS} = "-c app.tenant_id=$tid";
+	$node->pgbench('--no-vacuum --client=8 --jobs=2 --transactions=250',
+		0, [qr{processed: 2000/2000}], [qr{^$}], 'pgbench, inserts and deletes near zero',
+		{ 'quota_stress_churn' => $churn });
+}
+check_invariants('inserts and deletes near zero', 300, 400);
+$node->restart;
+check_invariants('near zero, after restart', 300, 400);
+
 # Phase 3: quota-only transactions, whose deltas wait in shared memory
 # (tenancy.quota_flush_delay, 20ms here so that commits write them all
 # along, racing with the commits that add more).  Consumptions alone, with
