@@ -97,6 +97,8 @@ SELECT action, details ? 'before' AS has_cutoff, (details ->> 'rows')::int >= 1 
 RESET tenancy.audit_retention;
 SELECT pg_temp.err($$SET tenancy.audit_retention = 'forever'$$);
 SELECT pg_temp.err($$SET tenancy.purge_after = '3 fortnights'$$);
+SELECT pg_temp.err($$SET tenancy.purge_after = '-1 day'$$);
+SELECT pg_temp.err($$SET tenancy.audit_retention = '1 day ago'$$);
 
 -- Expiry: an active tenant past expires_at is expired (stats, status) and
 -- run_maintenance records that once.

@@ -329,8 +329,8 @@ assign_context_checked(const char *newval, void *extra)
 }
 
 /*
- * Accept '' or a valid interval, without raising: ParseDateTime and
- * DecodeInterval report errors through their return codes.
+ * Accept '' or a valid interval that is not negative, without raising:
+ * ParseDateTime and DecodeInterval report errors through their return codes.
  */
 static bool
 check_interval_setting(char **newval, void **extra, GucSource source)
@@ -356,6 +356,14 @@ check_interval_setting(char **newval, void **extra, GucSource source)
 		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
 		GUC_check_errdetail("\"%s\" is not an interval.", *newval);
 		GUC_check_errhint("Use an interval such as '30 days', or '' for never.");
+		return false;
+	}
+	/* A negative age would remove what the same run just wrote. */
+	if (itm.tm_usec < 0 || itm.tm_mday < 0 || itm.tm_mon < 0 || itm.tm_year < 0)
+	{
+		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+		GUC_check_errdetail("\"%s\" has a negative part.", *newval);
+		GUC_check_errhint("Use an interval such as '30 days', '0' for at once, or '' for never.");
 		return false;
 	}
 	return true;
