@@ -18,6 +18,11 @@
  * that reads columns (WHERE, RETURNING) needs 'read' as well, as it needs
  * SELECT privilege; SELECT ... FOR UPDATE needs 'write'.
  *
+ * Parallel workers check like any backend: the binding reaches them with
+ * the leader's settings (tenancy.session_binding is restored like any
+ * setting that is not at its default), and a worker runs queries its
+ * leader never saw (the SQL of a PARALLEL SAFE function).
+ *
  * The set of protected relids is read once per transaction (and only in
  * bound sessions); unbound sessions pay one string test per statement.
  *
@@ -202,9 +207,8 @@ tenancy_ExecutorCheckPerms(TENANCY_PERMS_HOOK_PARAMS)
 
 	if (prev_ExecutorCheckPerms && !TENANCY_PERMS_HOOK_CHAIN(prev_ExecutorCheckPerms))
 		return false;
-	/* Not bound: nothing to do.  Parallel workers: the leader checked. */
-	if (tenancy_guc_session_binding == NULL || tenancy_guc_session_binding[0] == '\0' ||
-		IsParallelWorker())
+	/* Not bound: nothing to do. */
+	if (tenancy_guc_session_binding == NULL || tenancy_guc_session_binding[0] == '\0')
 		return true;
 
 	/*

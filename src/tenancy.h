@@ -62,6 +62,7 @@ extern bool tenancy_context_is_admin(void);
 extern bool tenancy_context_binding(pg_uuid_t *tenant, pg_uuid_t *key);
 extern const pg_uuid_t *tenancy_context_current(void);
 extern bool tenancy_context_claimed(pg_uuid_t *tenant);
+extern bool tenancy_context_leader_checked(void);
 extern void tenancy_context_require_own(const pg_uuid_t *tenant);
 
 /* protect.c */
