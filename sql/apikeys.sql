@@ -65,7 +65,7 @@ CREATE TABLE public.regress_fk_parent (id int PRIMARY KEY);
 CREATE TABLE public.regress_fk_child (id int, pid int REFERENCES public.regress_fk_parent ON DELETE CASCADE);
 -- what a scoped key must never reach, whatever runs the query
 CREATE TABLE public.regress_secret (v text);
--- a schema of the user's own, for the functions it makes
+-- a schema of the user's own, for the tables, functions and triggers it makes
 CREATE SCHEMA regress_keyown AUTHORIZATION regress_key_user;
 CREATE VIEW public.regress_orders_view WITH (security_invoker = true)
     AS SELECT id, note FROM public.regress_orders;
@@ -73,6 +73,7 @@ SELECT tenancy.protect('public.regress_orders'), tenancy.protect('public.regress
        tenancy.protect('public.regress_parts'), tenancy.protect('public.regress_fk_parent'),
        tenancy.protect('public.regress_fk_child'), tenancy.protect('public.regress_secret');
 GRANT SELECT ON public.regress_secret TO regress_key_user;
+GRANT REFERENCES ON public.regress_fk_parent TO regress_key_user;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.regress_fk_parent, public.regress_fk_child
     TO regress_key_user;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.regress_orders, public.regress_notes,
@@ -212,7 +213,7 @@ SELECT tenancy.create_api_key('regress-acme', 'parts', '{read,write}', '{public.
 SELECT tenancy.create_api_key('regress-acme', 'child only', '{read,write}', '{public.regress_fk_child}') AS k_child \gset
 SELECT tenancy.create_api_key('regress-acme', 'parent only', '{read,write}', '{public.regress_fk_parent}') AS k_parent \gset
 SELECT tenancy.set_tenant('regress-acme') IS NOT NULL;
-INSERT INTO regress_fk_parent VALUES (1), (2);
+INSERT INTO regress_fk_parent VALUES (1), (2), (5), (6);
 INSERT INTO regress_secret VALUES ('secret 1'), ('secret 2');
 RESET app.tenant_id;
 SELECT tenancy.create_api_key('regress-other', 'other') AS k_other \gset
@@ -380,6 +381,33 @@ SELECT tenancy.authenticate(:'k_parent') IS NOT NULL AS bound;
 DELETE FROM regress_fk_parent WHERE id = 1;                 -- cascades to the child
 SELECT tenancy.authenticate(:'k_full') IS NOT NULL AS bound;
 SELECT id, pid FROM regress_fk_child ORDER BY id;
+-- Only the foreign-key query itself: what it runs is judged.  A BEFORE
+-- trigger of the user's own table, fired by an ON UPDATE CASCADE, reading
+-- a table outside the key's scopes: 42501, nothing copied.
+SELECT tenancy.authenticate(:'k_parent') IS NOT NULL AS bound;
+CREATE TABLE regress_keyown.mine (pid int REFERENCES public.regress_fk_parent (id) ON UPDATE CASCADE);
+CREATE TABLE regress_keyown.loot (v text);
+CREATE FUNCTION regress_keyown.steal() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO regress_keyown.loot SELECT v FROM public.regress_secret;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER steal BEFORE UPDATE ON regress_keyown.mine
+    FOR EACH ROW EXECUTE FUNCTION regress_keyown.steal();
+INSERT INTO regress_keyown.mine VALUES (5), (6);
+UPDATE regress_fk_parent SET id = 1005 WHERE id = 5;
+SELECT count(*) AS stolen FROM regress_keyown.loot;
+-- the same from a rule of that table, which rewrites the cascade
+DROP TRIGGER steal ON regress_keyown.mine;
+CREATE RULE steal AS ON UPDATE TO regress_keyown.mine
+    DO ALSO INSERT INTO regress_keyown.loot SELECT v FROM public.regress_secret;
+UPDATE regress_fk_parent SET id = 1006 WHERE id = 6;
+SELECT count(*) AS stolen FROM regress_keyown.loot;
+-- without them the cascade passes
+DROP RULE steal ON regress_keyown.mine;
+UPDATE regress_fk_parent SET id = 1005 WHERE id = 5;
+SELECT pid FROM regress_keyown.mine ORDER BY pid;
+
 --
 -- Parallel workers judge what they run: the SQL of a PARALLEL SAFE
 -- function, which the leader never sees.
