@@ -63,11 +63,17 @@ CREATE TABLE public.regress_parts (id int, tenant_id uuid) PARTITION BY RANGE (i
 CREATE TABLE public.regress_parts_1 PARTITION OF public.regress_parts FOR VALUES FROM (0) TO (100);
 CREATE TABLE public.regress_fk_parent (id int PRIMARY KEY);
 CREATE TABLE public.regress_fk_child (id int, pid int REFERENCES public.regress_fk_parent ON DELETE CASCADE);
+-- what a scoped key must never reach, whatever runs the query
+CREATE TABLE public.regress_secret (v text);
+-- a schema of the user's own, for the tables, functions and triggers it makes
+CREATE SCHEMA regress_keyown AUTHORIZATION regress_key_user;
 CREATE VIEW public.regress_orders_view WITH (security_invoker = true)
     AS SELECT id, note FROM public.regress_orders;
 SELECT tenancy.protect('public.regress_orders'), tenancy.protect('public.regress_notes'),
        tenancy.protect('public.regress_parts'), tenancy.protect('public.regress_fk_parent'),
-       tenancy.protect('public.regress_fk_child');
+       tenancy.protect('public.regress_fk_child'), tenancy.protect('public.regress_secret');
+GRANT SELECT ON public.regress_secret TO regress_key_user;
+GRANT REFERENCES ON public.regress_fk_parent TO regress_key_user;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.regress_fk_parent, public.regress_fk_child
     TO regress_key_user;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.regress_orders, public.regress_notes,
@@ -212,7 +218,8 @@ SELECT tenancy.create_api_key('regress-acme', 'parts', '{read,write}', '{public.
 SELECT tenancy.create_api_key('regress-acme', 'child only', '{read,write}', '{public.regress_fk_child}') AS k_child \gset
 SELECT tenancy.create_api_key('regress-acme', 'parent only', '{read,write}', '{public.regress_fk_parent}') AS k_parent \gset
 SELECT tenancy.set_tenant('regress-acme') IS NOT NULL;
-INSERT INTO regress_fk_parent VALUES (1), (2);
+INSERT INTO regress_fk_parent VALUES (1), (2), (5), (6);
+INSERT INTO regress_secret VALUES ('secret 1'), ('secret 2');
 RESET app.tenant_id;
 SELECT tenancy.create_api_key('regress-other', 'other') AS k_other \gset
 ALTER ROLE regress_key_defaulted SET tenancy.default_tenant = :'other';
@@ -379,6 +386,58 @@ SELECT tenancy.authenticate(:'k_parent') IS NOT NULL AS bound;
 DELETE FROM regress_fk_parent WHERE id = 1;                 -- cascades to the child
 SELECT tenancy.authenticate(:'k_full') IS NOT NULL AS bound;
 SELECT id, pid FROM regress_fk_child ORDER BY id;
+-- Only the foreign-key query itself: what it runs is judged.  A BEFORE
+-- trigger of the user's own table, fired by an ON UPDATE CASCADE, reading
+-- a table outside the key's scopes: 42501, nothing copied.
+SELECT tenancy.authenticate(:'k_parent') IS NOT NULL AS bound;
+CREATE TABLE regress_keyown.mine (pid int REFERENCES public.regress_fk_parent (id) ON UPDATE CASCADE);
+CREATE TABLE regress_keyown.loot (v text);
+CREATE FUNCTION regress_keyown.steal() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO regress_keyown.loot SELECT v FROM public.regress_secret;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER steal BEFORE UPDATE ON regress_keyown.mine
+    FOR EACH ROW EXECUTE FUNCTION regress_keyown.steal();
+INSERT INTO regress_keyown.mine VALUES (5), (6);
+UPDATE regress_fk_parent SET id = 1005 WHERE id = 5;
+SELECT count(*) AS stolen FROM regress_keyown.loot;
+-- the same from a rule of that table, which rewrites the cascade
+DROP TRIGGER steal ON regress_keyown.mine;
+CREATE RULE steal AS ON UPDATE TO regress_keyown.mine
+    DO ALSO INSERT INTO regress_keyown.loot SELECT v FROM public.regress_secret;
+UPDATE regress_fk_parent SET id = 1006 WHERE id = 6;
+SELECT count(*) AS stolen FROM regress_keyown.loot;
+-- without them the cascade passes
+DROP RULE steal ON regress_keyown.mine;
+UPDATE regress_fk_parent SET id = 1005 WHERE id = 5;
+SELECT pid FROM regress_keyown.mine ORDER BY pid;
+
+--
+-- Parallel workers judge what they run: the SQL of a PARALLEL SAFE
+-- function, which the leader never sees.
+--
+CREATE FUNCTION regress_keyown.peek(t regclass) RETURNS bigint
+LANGUAGE plpgsql PARALLEL SAFE AS $$
+DECLARE
+    n bigint;
+BEGIN
+    EXECUTE format('SELECT count(*) FROM %s', t) INTO n;
+    RETURN n;
+END $$;
+SET force_parallel_mode = on;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+EXPLAIN (COSTS OFF) SELECT regress_keyown.peek('public.regress_secret');
+SELECT tenancy.authenticate(:'k_sc') IS NOT NULL AS bound;  -- {public.regress_orders}
+SELECT regress_keyown.peek('public.regress_secret');
+SELECT tenancy.authenticate(:'k_wo') IS NOT NULL AS bound;
+SELECT regress_keyown.peek('public.regress_orders');
+SELECT tenancy.authenticate(:'k_full') IS NOT NULL AS bound;
+SELECT regress_keyown.peek('public.regress_secret');
+RESET force_parallel_mode;
+RESET parallel_setup_cost;
+RESET parallel_tuple_cost;
 
 --
 -- is_local: the binding ends with the transaction
@@ -506,10 +565,11 @@ SELECT count(*) FILTER (WHERE last_used_at IS NOT NULL) > 0 AS some_used,
 
 -- clean up
 DROP VIEW public.regress_orders_view;
+DROP SCHEMA regress_keyown CASCADE;
 SELECT tenancy.unprotect('public.regress_orders'), tenancy.unprotect('public.regress_notes'),
-       tenancy.unprotect('public.regress_parts');
+       tenancy.unprotect('public.regress_parts'), tenancy.unprotect('public.regress_secret');
 DROP TABLE public.regress_orders, public.regress_notes, public.regress_parts,
-    public.regress_fk_child, public.regress_fk_parent;
+    public.regress_fk_child, public.regress_fk_parent, public.regress_secret;
 DROP FUNCTION regress_switch_by_set_clause(), regress_try(text), regress_code(text), regress_key(text),
     regress_base62(bigint), regress_crc32(text);
 DROP ROLE regress_key_admin, regress_key_user, regress_key_defaulted;

@@ -1947,11 +1947,18 @@ CREATE FUNCTION tenancy._usage_counters() RETURNS TABLE (resource text, amount b
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'tenancy_usage_counters';
 
+-- The lock rollup_usage() runs take turns on, held to the end of the
+-- transaction, in tenancy's own advisory lock space (no session can take it
+-- with pg_advisory_lock()).  Internal: not granted.
+CREATE FUNCTION tenancy._usage_rollup_lock() RETURNS void
+LANGUAGE c VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'tenancy_usage_rollup_lock';
+
 -- Fold the raw events into the hourly, daily and monthly rollups, in one
 -- statement: the events are deleted and their sums added to the rollups
--- together, so an event is folded exactly once.  Runs take turns (an
--- advisory transaction lock); a run under READ COMMITTED that waited sees
--- what the other folded as gone.  Returns the number of events folded.
+-- together, so an event is folded exactly once.  Runs take turns (a
+-- transaction lock of tenancy's own); a run under READ COMMITTED that waited
+-- sees what the other folded as gone.  Returns the number of events folded.
 CREATE FUNCTION tenancy.rollup_usage() RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1960,7 +1967,7 @@ DECLARE
     n bigint;
 BEGIN
     PERFORM tenancy._usage_flush();
-    PERFORM pg_catalog.pg_advisory_xact_lock('tenancy.usage_events'::pg_catalog.regclass::pg_catalog.oid::bigint);
+    PERFORM tenancy._usage_rollup_lock();
     WITH folded AS (
         DELETE FROM tenancy.usage_events
         RETURNING tenant_id, resource, at, amount

@@ -999,10 +999,41 @@ tenancy_logout(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Raise for a bound key that expired or whose tenant is not active (the
+ * state tenancy_apikey_binding judges once per transaction).
+ */
+static void
+check_key_state(const pg_uuid_t *tenant, const KeyRow *row)
+{
+	TenancyTenant t;
+
+	if (key_expired(row))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("tenancy: the API key of this session has expired"),
+				 errhint("Call tenancy.logout(), then tenancy.authenticate() with a valid key.")));
+	if (!tenancy_tenant_lookup(tenant, &t))
+		ereport(ERROR,
+				(errcode(ERRCODE_TENANCY_TENANT_NOT_ACTIVE),
+				 errmsg("tenancy: tenant is deleted"),
+				 errdetail("The tenant of the API key of this session no longer exists.")));
+	if (strcmp(t.status, "active") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_TENANCY_TENANT_NOT_ACTIVE),
+				 errmsg("tenancy: tenant is %s", t.status),
+				 errdetail("The tenant of the API key of this session is %s; its data cannot be accessed.", t.status),
+				 errhint("An administrator can call tenancy.activate_tenant() or tenancy.update_tenant().")));
+}
+
+/*
  * The key this session or transaction is bound to, validated once per
  * transaction: NULL when not bound.  A revoked, deleted or expired key:
  * 28000; a tenant that is not active: TN003.  The result lives until the
- * transaction ends or the binding changes.
+ * transaction ends or the binding changes.  A parallel worker reads the key
+ * again for its permissions and scopes (keyperm.c); when its leader
+ * validated the binding in this transaction (tenancy.context_checked, see
+ * context.c) it takes the leader's word for the key's and the tenant's
+ * state, which a later snapshot could see changed one transaction early.
  */
 const TenancyKeyBinding *
 tenancy_apikey_binding(void)
@@ -1010,9 +1041,9 @@ tenancy_apikey_binding(void)
 	pg_uuid_t	tenant;
 	pg_uuid_t	key;
 	KeyRow		row;
-	TenancyTenant t;
 	MemoryContext oldcxt;
 	bool		found;
+	bool		leader_checked;
 
 	if (!tenancy_context_binding(&tenant, &key))
 		return NULL;
@@ -1026,28 +1057,16 @@ tenancy_apikey_binding(void)
 	oldcxt = MemoryContextSwitchTo(binding_cxt);
 	found = key_lookup_id(&key, &row);
 	MemoryContextSwitchTo(oldcxt);
+	leader_checked = IsParallelWorker() && tenancy_context_leader_checked();
 
-	if (!found || row.revoked || memcmp(row.tenant.data, tenant.data, UUID_LEN) != 0)
+	if (!found || (row.revoked && !leader_checked) ||
+		memcmp(row.tenant.data, tenant.data, UUID_LEN) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 				 errmsg("tenancy: the API key of this session has been revoked"),
 				 errhint("Call tenancy.logout(), then tenancy.authenticate() with a valid key.")));
-	if (key_expired(&row))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-				 errmsg("tenancy: the API key of this session has expired"),
-				 errhint("Call tenancy.logout(), then tenancy.authenticate() with a valid key.")));
-	if (!tenancy_tenant_lookup(&tenant, &t))
-		ereport(ERROR,
-				(errcode(ERRCODE_TENANCY_TENANT_NOT_ACTIVE),
-				 errmsg("tenancy: tenant is deleted"),
-				 errdetail("The tenant of the API key of this session no longer exists.")));
-	if (strcmp(t.status, "active") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_TENANCY_TENANT_NOT_ACTIVE),
-				 errmsg("tenancy: tenant is %s", t.status),
-				 errdetail("The tenant of the API key of this session is %s; its data cannot be accessed.", t.status),
-				 errhint("An administrator can call tenancy.activate_tenant() or tenancy.update_tenant().")));
+	if (!leader_checked)
+		check_key_state(&tenant, &row);
 
 	memcpy(&binding_state.tenant, &tenant, sizeof(pg_uuid_t));
 	memcpy(&binding_state.key, &key, sizeof(pg_uuid_t));

@@ -292,6 +292,19 @@ checked_by_leader(const pg_uuid_t *tenant)
 	return strcmp(buf, tenancy_guc_context_checked) == 0;
 }
 
+/*
+ * In a parallel worker: did the leader validate this session's context in
+ * this transaction, and so its binding (which context_validate validates
+ * first)?  apikey.c then takes the leader's word for the key's state.
+ */
+bool
+tenancy_context_leader_checked(void)
+{
+	pg_uuid_t	tenant;
+
+	return tenancy_context_claimed(&tenant) && checked_by_leader(&tenant);
+}
+
 static void
 context_xact_callback(XactEvent event, void *arg)
 {

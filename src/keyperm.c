@@ -18,6 +18,28 @@
  * that reads columns (WHERE, RETURNING) needs 'read' as well, as it needs
  * SELECT privilege; SELECT ... FOR UPDATE needs 'write'.
  *
+ * Parallel workers check like any backend: the binding reaches them with
+ * the leader's settings (tenancy.session_binding is restored like any
+ * setting that is not at its default), and a worker runs queries its
+ * leader never saw (the SQL of a PARALLEL SAFE function).
+ *
+ * Foreign keys: the one query PostgreSQL's ri_triggers.c runs for a
+ * foreign-key check or action is not judged (it runs as the table's owner,
+ * without the user's privileges, for a statement the key allowed); what
+ * runs inside it is.  ri_triggers.c runs that query through SPI with
+ * SECURITY_NOFORCE_RLS added to the security context, and the flag stays
+ * set for everything the query calls: BEFORE row triggers of the
+ * referencing table, defaults, CHECK constraints, operators.  So the
+ * planner and executor hooks here mark the planning and execution of a
+ * query started with the flag by no such query ("RI query"), and only the
+ * permission check of that very plan (the same list the hook is given by
+ * InitPlan), and only when it has the shape of an RI query (one relation
+ * asking privileges, owned by the current user as ri_triggers.c arranges,
+ * read FOR KEY SHARE, updated or deleted from), is exempt.  A query that
+ * starts while an RI query is planned or run is judged, whatever it is;
+ * so are the rule actions an RI query is rewritten into, which carry the
+ * original query's relation besides their own.
+ *
  * The set of protected relids is read once per transaction (and only in
  * bound sessions); unbound sessions pay one string test per statement.
  *
@@ -32,18 +54,34 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "optimizer/planner.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "tenancy.h"
 
 static ExecutorCheckPerms_hook_type prev_ExecutorCheckPerms = NULL;
+static ExecutorStart_hook_type prev_ExecutorStart = NULL;
+static ExecutorRun_hook_type prev_ExecutorRun = NULL;
+static ExecutorFinish_hook_type prev_ExecutorFinish = NULL;
+static planner_hook_type prev_planner = NULL;
+
+/*
+ * Foreign-key queries (see the file header).  ri_active: an RI query is
+ * being planned or run (in its ExecutorStart, ExecutorRun or
+ * ExecutorFinish); ri_stmt: the plan of the RI query in its ExecutorStart,
+ * until its permission check.
+ */
+static bool ri_active = false;
+static PlannedStmt *ri_stmt = NULL;
 
 /* Protected relids of this transaction, sorted; valid while loaded. */
 static MemoryContext keyperm_cxt = NULL;
@@ -188,6 +226,77 @@ raise_denied(Oid relid, const char *what)
 			 errhint("Authenticate with an API key whose scopes include this table.")));
 }
 
+/* The owner of a relation (InvalidOid when it is gone). */
+static Oid
+rel_owner(Oid relid)
+{
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+		return InvalidOid;
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
+/* Does the security context carry ri_triggers.c's SECURITY_NOFORCE_RLS? */
+static bool
+noforce_rls(void)
+{
+	Oid			userid;
+	int			sec_context;
+
+	GetUserIdAndSecContext(&userid, &sec_context);
+	return (sec_context & SECURITY_NOFORCE_RLS) != 0;
+}
+
+/*
+ * Would planning or running a query now start an RI query?  The flag is
+ * set and no RI query is under way (in which case this is code it called).
+ * Never in parallel workers: RI queries are not run in parallel.
+ */
+static bool
+ri_starts(void)
+{
+	return !ri_active && !IsParallelWorker() && noforce_rls();
+}
+
+/*
+ * Is this permission check the RI query's own?  The list must be that of
+ * the plan in whose ExecutorStart we are, and the plan must look like the
+ * queries of ri_triggers.c: one relation asking privileges, owned by the
+ * current user (ri_triggers.c runs them as the owner of that table), read
+ * with a row lock (the checks: SELECT ... FOR KEY SHARE) or updated or
+ * deleted from (the actions).
+ */
+static bool
+is_ri_check(List *perms)
+{
+	PlannedStmt *stmt = ri_stmt;
+	ListCell   *lc;
+	Oid			relid = InvalidOid;
+
+	ri_stmt = NULL;				/* one check per RI query */
+	if (stmt == NULL || perms == NIL || perms != TENANCY_PLAN_PERMS(stmt) ||
+		IsParallelWorker() || !noforce_rls())
+		return false;
+	if (!((stmt->commandType == CMD_SELECT && stmt->rowMarks != NIL) ||
+		  stmt->commandType == CMD_UPDATE || stmt->commandType == CMD_DELETE))
+		return false;
+	foreach(lc, perms)
+	{
+		TenancyPermInfo *p = (TenancyPermInfo *) lfirst(lc);
+
+		if (p->requiredPerms == 0)
+			continue;
+		if (!TENANCY_PERMINFO_IS_RELATION(p) || OidIsValid(relid))
+			return false;
+		relid = p->relid;
+	}
+	return OidIsValid(relid) && rel_owner(relid) == GetUserId();
+}
+
 /*
  * ExecutorCheckPerms_hook: the key's permissions and scopes, for every
  * protected table the statement asks privileges on.
@@ -197,24 +306,14 @@ tenancy_ExecutorCheckPerms(TENANCY_PERMS_HOOK_PARAMS)
 {
 	const TenancyKeyBinding *b = NULL;
 	ListCell   *lc;
-	Oid			userid;
-	int			sec_context;
 
 	if (prev_ExecutorCheckPerms && !TENANCY_PERMS_HOOK_CHAIN(prev_ExecutorCheckPerms))
 		return false;
-	/* Not bound: nothing to do.  Parallel workers: the leader checked. */
-	if (tenancy_guc_session_binding == NULL || tenancy_guc_session_binding[0] == '\0' ||
-		IsParallelWorker())
+	/* Not bound: nothing to do. */
+	if (tenancy_guc_session_binding == NULL || tenancy_guc_session_binding[0] == '\0')
 		return true;
-
-	/*
-	 * PostgreSQL's own foreign-key checks and actions (ri_triggers.c) run
-	 * as the table's owner with SECURITY_NOFORCE_RLS: they are part of the
-	 * statement the key allowed, not statements of the session, as they do
-	 * not need the user's own privileges either.
-	 */
-	GetUserIdAndSecContext(&userid, &sec_context);
-	if (sec_context & SECURITY_NOFORCE_RLS)
+	/* The query of a foreign-key check or action itself (file header). */
+	if (ri_stmt != NULL && is_ri_check(TENANCY_PERMS_LIST))
 		return true;
 
 	foreach(lc, TENANCY_PERMS_LIST)
@@ -252,6 +351,122 @@ tenancy_ExecutorCheckPerms(TENANCY_PERMS_HOOK_PARAMS)
 	return true;
 }
 
+/*
+ * planner_hook: the planning of an RI query is under way while it is
+ * planned (IMMUTABLE functions its defaults call are run by the planner).
+ */
+static PlannedStmt *
+tenancy_planner(Query *parse, const char *query_string, int cursorOptions,
+				ParamListInfo boundParams)
+{
+	PlannedStmt *result;
+
+	if (!ri_starts())
+		return prev_planner ?
+			prev_planner(parse, query_string, cursorOptions, boundParams) :
+			standard_planner(parse, query_string, cursorOptions, boundParams);
+	ri_active = true;
+	PG_TRY();
+	{
+		result = prev_planner ?
+			prev_planner(parse, query_string, cursorOptions, boundParams) :
+			standard_planner(parse, query_string, cursorOptions, boundParams);
+	}
+	PG_FINALLY();
+	{
+		ri_active = false;
+	}
+	PG_END_TRY();
+	return result;
+}
+
+/*
+ * ExecutorStart hook: an RI query starts; its plan is remembered for its
+ * permission check, which InitPlan does first.
+ */
+static void
+tenancy_keyperm_ExecutorStart(QueryDesc *queryDesc, int eflags)
+{
+	if (!ri_starts())
+	{
+		if (prev_ExecutorStart)
+			prev_ExecutorStart(queryDesc, eflags);
+		else
+			standard_ExecutorStart(queryDesc, eflags);
+		return;
+	}
+	ri_active = true;
+	ri_stmt = queryDesc->plannedstmt;
+	PG_TRY();
+	{
+		if (prev_ExecutorStart)
+			prev_ExecutorStart(queryDesc, eflags);
+		else
+			standard_ExecutorStart(queryDesc, eflags);
+	}
+	PG_FINALLY();
+	{
+		ri_active = false;
+		ri_stmt = NULL;
+	}
+	PG_END_TRY();
+}
+
+/* ExecutorRun hook: an RI query runs (its triggers, defaults, checks). */
+static void
+tenancy_keyperm_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction,
+							uint64 count, bool execute_once)
+{
+	if (!ri_starts())
+	{
+		if (prev_ExecutorRun)
+			prev_ExecutorRun(queryDesc, direction, count, execute_once);
+		else
+			standard_ExecutorRun(queryDesc, direction, count, execute_once);
+		return;
+	}
+	ri_active = true;
+	PG_TRY();
+	{
+		if (prev_ExecutorRun)
+			prev_ExecutorRun(queryDesc, direction, count, execute_once);
+		else
+			standard_ExecutorRun(queryDesc, direction, count, execute_once);
+	}
+	PG_FINALLY();
+	{
+		ri_active = false;
+	}
+	PG_END_TRY();
+}
+
+/* ExecutorFinish hook: an RI query finishes (its ModifyTable nodes). */
+static void
+tenancy_keyperm_ExecutorFinish(QueryDesc *queryDesc)
+{
+	if (!ri_starts())
+	{
+		if (prev_ExecutorFinish)
+			prev_ExecutorFinish(queryDesc);
+		else
+			standard_ExecutorFinish(queryDesc);
+		return;
+	}
+	ri_active = true;
+	PG_TRY();
+	{
+		if (prev_ExecutorFinish)
+			prev_ExecutorFinish(queryDesc);
+		else
+			standard_ExecutorFinish(queryDesc);
+	}
+	PG_FINALLY();
+	{
+		ri_active = false;
+	}
+	PG_END_TRY();
+}
+
 static void
 keyperm_xact_callback(XactEvent event, void *arg)
 {
@@ -264,5 +479,13 @@ tenancy_keyperm_init(void)
 {
 	prev_ExecutorCheckPerms = ExecutorCheckPerms_hook;
 	ExecutorCheckPerms_hook = tenancy_ExecutorCheckPerms;
+	prev_ExecutorStart = ExecutorStart_hook;
+	ExecutorStart_hook = tenancy_keyperm_ExecutorStart;
+	prev_ExecutorRun = ExecutorRun_hook;
+	ExecutorRun_hook = tenancy_keyperm_ExecutorRun;
+	prev_ExecutorFinish = ExecutorFinish_hook;
+	ExecutorFinish_hook = tenancy_keyperm_ExecutorFinish;
+	prev_planner = planner_hook;
+	planner_hook = tenancy_planner;
 	RegisterXactCallback(keyperm_xact_callback, NULL);
 }

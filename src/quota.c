@@ -2183,7 +2183,9 @@ tenancy_quota_usage(PG_FUNCTION_ARGS)
  * Raise TQ001 if taking amount more of resource would pass the tenant's
  * limit.  For api_keys (create_api_key calls it before inserting a key)
  * the creators of one tenant's keys are serialised by a transaction-level
- * advisory lock and the keys counted with a fresh snapshot, so concurrent
+ * lock in tenancy's own advisory lock space (tenancy.h: no session can
+ * take or block it with pg_advisory_lock()) and the keys counted with a
+ * fresh snapshot, so concurrent
  * creations cannot pass the limit at any isolation level.  For counters it
  * checks committed and reserved usage without taking anything.
  */
@@ -2216,8 +2218,8 @@ tenancy_require_quota(PG_FUNCTION_ARGS)
 		int64		used;
 
 		memcpy(&h, tenant.data, sizeof(h));
-		/* advisory lock space: (database, 0x74716b31 'tqk1', tenant hash) */
-		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x74716b31, h, 2);
+		/* tenancy's own advisory lock space (tenancy.h), out of users' reach */
+		TENANCY_SET_LOCKTAG(tag, TENANCY_LOCK_API_KEYS, h);
 		(void) LockAcquire(&tag, ExclusiveLock, false, false);
 		used = count_api_keys(&tenant, true);
 		if (used > limit || amount > limit - used)

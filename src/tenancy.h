@@ -33,6 +33,21 @@
 /* Length of a uuid in canonical text form, without the terminator. */
 #define TENANCY_UUID_STRLEN 36
 
+/*
+ * The advisory locks tenancy takes for itself (storage/lock.h's
+ * SET_LOCKTAG_ADVISORY: database, what, which, class).  Their class (field4
+ * of the tag, objsubid in pg_locks) is TENANCY_LOCKTAG_CLASS, a value the
+ * SQL advisory lock functions never produce (pg_advisory_lock() and its
+ * kin use 1 for a bigint key and 2 for two int4 keys, as Citus keeps its
+ * own classes apart), so no session can take or block them with those.
+ */
+#define TENANCY_LOCKTAG_CLASS	0x746E		/* 'tn' */
+#define TENANCY_LOCK_API_KEYS	0x74716b31	/* 'tqk1': one tenant's api_keys
+											 * quota, which = tenant hash */
+#define TENANCY_LOCK_ROLLUP		0x74757231	/* 'tur1': rollup_usage(), which = 0 */
+#define TENANCY_SET_LOCKTAG(tag, what, which) \
+	SET_LOCKTAG_ADVISORY((tag), MyDatabaseId, (what), (which), TENANCY_LOCKTAG_CLASS)
+
 /* tenancy.c */
 extern bool tenancy_preloaded;
 extern void tenancy_require_preloaded(void);
@@ -62,6 +77,7 @@ extern bool tenancy_context_is_admin(void);
 extern bool tenancy_context_binding(pg_uuid_t *tenant, pg_uuid_t *key);
 extern const pg_uuid_t *tenancy_context_current(void);
 extern bool tenancy_context_claimed(pg_uuid_t *tenant);
+extern bool tenancy_context_leader_checked(void);
 extern void tenancy_context_require_own(const pg_uuid_t *tenant);
 
 /* protect.c */

@@ -73,6 +73,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
@@ -93,6 +94,7 @@
 PG_FUNCTION_INFO_V1(tenancy_record_usage);
 PG_FUNCTION_INFO_V1(tenancy_usage);
 PG_FUNCTION_INFO_V1(tenancy_usage_flush);
+PG_FUNCTION_INFO_V1(tenancy_usage_rollup_lock);
 PG_FUNCTION_INFO_V1(tenancy_usage_counters);
 PG_FUNCTION_INFO_V1(tenancy_usage_record_carried);
 PG_FUNCTION_INFO_V1(tenancy_audit_guard);
@@ -1019,6 +1021,23 @@ tenancy_usage_record_carried(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 	require_shmem();
 	tenancy_usage_record(PG_GETARG_UUID_P(0), resource, PG_GETARG_INT64(2), true);
+	PG_RETURN_VOID();
+}
+
+/*
+ * SQL: tenancy._usage_rollup_lock(): the lock on which rollup_usage() runs
+ * take turns, until the end of the transaction.  It lives in tenancy's own
+ * advisory lock space (tenancy.h), so no session can hold it, and so stall
+ * every rollup, with pg_advisory_lock().  Internal: EXECUTE is not granted;
+ * rollup_usage() (SECURITY DEFINER) calls it.
+ */
+Datum
+tenancy_usage_rollup_lock(PG_FUNCTION_ARGS)
+{
+	LOCKTAG		tag;
+
+	TENANCY_SET_LOCKTAG(tag, TENANCY_LOCK_ROLLUP, 0);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 	PG_RETURN_VOID();
 }
 
