@@ -1940,6 +1940,9 @@ AS 'MODULE_PATHNAME', 'tenancy_usage_counters';
 -- together, so an event is folded exactly once.  Runs take turns (an
 -- advisory transaction lock); a run under READ COMMITTED that waited sees
 -- what the other folded as gone.  Returns the number of events folded.
+-- Sums are taken in numeric and saturate at the bigint maximum (a rollup
+-- that reaches it stays there), so no amount a tenant records can make
+-- the fold, and run_maintenance() with it, fail.
 CREATE FUNCTION tenancy.rollup_usage() RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1961,11 +1964,13 @@ BEGIN
          GROUP BY 1, 2, 3, 4
     ), merged AS (
         INSERT INTO tenancy.usage_rollups AS r (tenant_id, resource, granularity, period_start, amount)
-        SELECT g.tenant_id, g.resource, g.granularity, g.period_start, g.amount::bigint
+        SELECT g.tenant_id, g.resource, g.granularity, g.period_start,
+               LEAST(g.amount, 9223372036854775807::pg_catalog.numeric)::bigint
           FROM grouped g
          ORDER BY 1, 2, 3, 4
         ON CONFLICT (tenant_id, resource, granularity, period_start)
-        DO UPDATE SET amount = r.amount OPERATOR(pg_catalog.+) EXCLUDED.amount
+        DO UPDATE SET amount = LEAST(r.amount::pg_catalog.numeric OPERATOR(pg_catalog.+) EXCLUDED.amount,
+                                     9223372036854775807::pg_catalog.numeric)::bigint
     )
     SELECT pg_catalog.count(*) INTO n FROM folded;
     RETURN n;

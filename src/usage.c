@@ -21,6 +21,11 @@
  * rate-limit denials) are added there at once, when recorded; they are
  * also added to counters by resource, which tenancy.stats reads.
  *
+ * Every sum saturates at PG_INT64_MAX instead of wrapping: in backend
+ * memory, in shared memory, and in SQL (rollup_usage(), usage()), so that
+ * no amount a tenant records can turn its own committed usage negative
+ * (and have it dropped) or make a rollup overflow.
+ *
  * Any backend of the database may write the waiting sums: it takes them
  * out of shared memory (remembering them, to put them back if its
  * transaction aborts) and inserts them into tenancy.usage_events in one
@@ -253,12 +258,24 @@ require_shmem(void)
 				 errhint("Add tenancy to shared_preload_libraries in postgresql.conf and restart the server.")));
 }
 
+/* a + b (both >= 0), saturating at PG_INT64_MAX instead of wrapping. */
+static inline int64
+add_saturating(int64 a, int64 b)
+{
+	int64		result;
+
+	if (pg_add_s64_overflow(a, b, &result))
+		return PG_INT64_MAX;
+	return result;
+}
+
 /*
  * Add amount to the sum of key in htab, an entry being created if need be
- * (its bytes after the SharedSum zeroed).  sum_offset is where the
- * SharedSum of an entry lies.  Returns the entry, or NULL when the hash is
- * full; with the LWLock still held (shared or exclusive) when not NULL.
- * Never raises: callers run in commit and abort callbacks.
+ * (its bytes after the SharedSum zeroed); the sum saturates at
+ * PG_INT64_MAX.  sum_offset is where the SharedSum of an entry lies.
+ * Returns the entry, or NULL when the hash is full; with the LWLock still
+ * held (shared or exclusive) when not NULL.  Never raises: callers run in
+ * commit and abort callbacks.
  */
 static void *
 shared_sum_add(HTAB *htab, const void *key, Size sum_offset, Size entrysize,
@@ -290,7 +307,7 @@ shared_sum_add(HTAB *htab, const void *key, Size sum_offset, Size entrysize,
 	}
 	sum = (SharedSum *) (entry + sum_offset);
 	SpinLockAcquire(&sum->mutex);
-	sum->amount += amount;
+	sum->amount = add_saturating(sum->amount, amount);
 	SpinLockRelease(&sum->mutex);
 	return entry;
 }
@@ -861,7 +878,8 @@ tenancy_usage_resource_ok(const char *resource)
  * Transactional unless survive_abort, in which case the record outlives the
  * rollback of the current transaction (it waits in shared memory at once)
  * and is counted in the denial counters.  Amounts <= 0 and invalid
- * resource names are ignored: a meter never makes its caller fail.
+ * resource names are ignored, and sums saturate: a meter never makes its
+ * caller fail.
  */
 void
 tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
@@ -878,7 +896,7 @@ tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
 			report_lost(resource);
 	}
 	else
-		pending_add(tenant, resource, GetCurrentTransactionNestLevel(), amount, true);
+		pending_add(tenant, resource, GetCurrentTransactionNestLevel(), amount, false);
 }
 
 /*
@@ -1227,7 +1245,8 @@ tenancy_usage(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	plan = SPI_prepare("WITH b AS (SELECT date_trunc($2, $3, 'UTC') AS lo, $4 AS hi) "
-					   "SELECT s.period_start, s.resource, sum(s.amount)::bigint "
+					   "SELECT s.period_start, s.resource, "
+					   "       LEAST(sum(s.amount), 9223372036854775807::numeric)::bigint "
 					   "  FROM (SELECT r.period_start, r.resource, r.amount "
 					   "          FROM tenancy.usage_rollups r, b "
 					   "         WHERE r.tenant_id = $1 AND r.granularity = $2 "
