@@ -320,6 +320,30 @@ SELECT tenancy.rollup_usage() > 0 AS folded;
 SELECT DISTINCT granularity, amount FROM tenancy.usage_rollups WHERE resource = 'wrap' ORDER BY 1;
 SET app.tenant_id = '';
 
+-- rollup_usage() writes the waiting sums of every session in its own
+-- transaction: that transaction cannot be prepared, since a ROLLBACK
+-- PREPARED could not give them back (0A000); they wait again.
+SELECT tenancy.record_usage('prepared-rollup', 5, 'usage-a');
+BEGIN;
+SELECT tenancy.rollup_usage() >= 1 AS folded;
+PREPARE TRANSACTION 'regress_usage_rollup';
+ROLLBACK PREPARED 'regress_usage_rollup';
+SELECT resource, amount FROM tenancy.usage('usage-a', NULL, NULL, 'month') WHERE resource = 'prepared-rollup';
+-- A prepared transaction's own records are written in it: they count after
+-- COMMIT PREPARED, not after ROLLBACK PREPARED.
+BEGIN;
+SELECT tenancy.record_usage('prepared-own', 3, 'usage-a');
+PREPARE TRANSACTION 'regress_usage_own_1';
+BEGIN;
+SELECT tenancy.record_usage('prepared-own', 40, 'usage-a');
+PREPARE TRANSACTION 'regress_usage_own_2';
+SELECT count(*) AS counted_while_prepared FROM tenancy.usage('usage-a', NULL, NULL, 'month') WHERE resource = 'prepared-own';
+COMMIT PREPARED 'regress_usage_own_1';
+ROLLBACK PREPARED 'regress_usage_own_2';
+SELECT resource, amount FROM tenancy.usage('usage-a', NULL, NULL, 'month') WHERE resource LIKE 'prepared-%' ORDER BY 1;
+SELECT tenancy.rollup_usage() >= 2 AS folded;
+SELECT resource, amount FROM tenancy.usage_rollups
+ WHERE granularity = 'month' AND resource LIKE 'prepared-%' ORDER BY 1;
 SET tenancy.usage_flush_delay = 0;
 
 -- Leave no tenants behind for later tests.

@@ -40,6 +40,10 @@
  *	- with tenancy.usage_flush_delay = 0, at the PRE_COMMIT of the
  *	  recording transaction itself, with its own sums (not through shared
  *	  memory), so that nothing is ever lost.
+ * Sums taken out of shared memory are written in the current transaction,
+ * so that transaction must not be prepared (PREPARE TRANSACTION refuses
+ * it, 0A000): a ROLLBACK PREPARED, in any session, could not put them
+ * back.  A prepared transaction's own records are written in it.
  * usage() adds the waiting sums (and the current transaction's own) to
  * what it reads from the tables, so usage is visible to every session as
  * soon as the recording transaction committed.  While a transaction writes
@@ -811,6 +815,19 @@ usage_xact_callback(XactEvent event, void *arg)
 			}
 			break;
 		case XACT_EVENT_PRE_PREPARE:
+
+			/*
+			 * Waiting sums taken out of shared memory (by rollup_usage())
+			 * are written in this transaction; prepared, it could be
+			 * rolled back in another session, or after a restart, where
+			 * nothing can put them back: refuse.
+			 */
+			if (ntaken > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("tenancy: cannot prepare a transaction that wrote waiting usage"),
+						 errdetail("This transaction wrote usage that committed transactions recorded; a ROLLBACK PREPARED could not give it back."),
+						 errhint("Run tenancy.rollup_usage() or tenancy.run_maintenance() outside a prepared transaction.")));
 			/* A prepared transaction's records go with it. */
 			if (pending != NULL && !usage_flush(false))
 				ereport(ERROR,
