@@ -1856,8 +1856,9 @@ BEGIN
 END
 $$;
 
--- Authentication failures by cause since the server started, for
--- tenancy.stats: malformed, unknown, expired, revoked, tenant_inactive.
+-- Authentication failures in this database by cause since the server
+-- started, for tenancy.stats: malformed, unknown, expired, revoked,
+-- tenant_inactive.
 CREATE FUNCTION tenancy._auth_failures() RETURNS TABLE (cause text, failures bigint)
 LANGUAGE c VOLATILE PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'tenancy_auth_failures';
@@ -1929,8 +1930,9 @@ RETURNS void
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'tenancy_usage_record_carried';
 
--- Counters of rollback-surviving records (denials) since server start,
--- from shared memory.  For tenancy.stats.
+-- Counters of this database since server start, from shared memory:
+-- rollback-surviving records (denials), authentication failures.  For
+-- tenancy.stats.
 CREATE FUNCTION tenancy._usage_counters() RETURNS TABLE (resource text, amount bigint)
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'tenancy_usage_counters';
@@ -2205,8 +2207,8 @@ AS $$
 $$;
 
 -- Metrics in Prometheus style: (metric, labels, value).  Counters (_total)
--- of denials count since the server started.  Readable by tenancy_admin and
--- pg_monitor.
+-- of denials and failures count this database's since the server started.
+-- Readable by tenancy_admin and pg_monitor.
 CREATE VIEW tenancy.stats AS
 SELECT 'tenancy_tenants'::text AS metric,
        pg_catalog.jsonb_build_object('status', s.status) AS labels,

@@ -19,7 +19,9 @@
  * recording usage never turns a read-only request into a writing one.
  * Records that must survive the rollback of their transaction (quota and
  * rate-limit denials) are added there at once, when recorded; they are
- * also added to counters by resource, which tenancy.stats reads.
+ * also added to counters by database and resource, which tenancy.stats
+ * reads (for the current database only), as are the authentication
+ * failures of apikey.c (tenancy_usage_count()).
  *
  * Every sum saturates at PG_INT64_MAX instead of wrapping: in backend
  * memory, in shared memory, and in SQL (rollup_usage(), usage()), so that
@@ -107,8 +109,11 @@ PG_FUNCTION_INFO_V1(tenancy_usage_record_carried);
 PG_FUNCTION_INFO_V1(tenancy_audit_guard);
 PG_FUNCTION_INFO_V1(tenancy_audit_purge);
 
-/* Most shared counters (distinct denial resources) per server. */
-#define USAGE_MAX_COUNTERS 1024
+/*
+ * Most shared counters (distinct database and counter name pairs: denial
+ * resources, authentication failure causes) per server.
+ */
+#define USAGE_MAX_COUNTERS 4096
 
 /* Most waiting (database, tenant, resource, hour) sums per server. */
 #define USAGE_MAX_WAITING 16384
@@ -149,7 +154,8 @@ typedef struct SharedSum
 
 typedef struct UsageCounterKey
 {
-	char		resource[TENANCY_RESOURCE_MAXLEN + 1];
+	Oid			dbid;
+	char		resource[TENANCY_RESOURCE_MAXLEN + 1];	/* zero-padded */
 } UsageCounterKey;
 
 typedef struct UsageCounter
@@ -316,7 +322,10 @@ shared_sum_add(HTAB *htab, const void *key, Size sum_offset, Size entrysize,
 	return entry;
 }
 
-/* Add amount to the shared counter of resource. */
+/*
+ * Add amount to the shared counter of (this database, resource).  Never
+ * raises.
+ */
 static void
 counter_add(const char *resource, int64 amount)
 {
@@ -325,6 +334,7 @@ counter_add(const char *resource, int64 amount)
 	if (usage_shared == NULL || usage_counters == NULL)
 		return;
 	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
 	strlcpy(key.resource, resource, sizeof(key.resource));
 	if (shared_sum_add(usage_counters, &key, offsetof(UsageCounter, sum),
 					   sizeof(UsageCounter), amount) == NULL)
@@ -917,6 +927,43 @@ tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
 }
 
 /*
+ * Add amount to the shared counter `name` of this database (a counter of
+ * tenancy.stats that no rollback undoes: authentication failures).  Never
+ * raises; a full counter table counts into "dropped".
+ */
+void
+tenancy_usage_count(const char *name, int64 amount)
+{
+	if (amount > 0 && OidIsValid(MyDatabaseId))
+		counter_add(name, amount);
+}
+
+/* The shared counter `name` of this database; 0 if it has none. */
+int64
+tenancy_usage_counter(const char *name)
+{
+	UsageCounterKey key;
+	UsageCounter *entry;
+	int64		amount = 0;
+
+	if (usage_shared == NULL || usage_counters == NULL)
+		return 0;
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	strlcpy(key.resource, name, sizeof(key.resource));
+	LWLockAcquire(&usage_shared->lock, LW_SHARED);
+	entry = hash_search(usage_counters, &key, HASH_FIND, NULL);
+	if (entry != NULL)
+	{
+		SpinLockAcquire(&entry->sum.mutex);
+		amount = entry->sum.amount;
+		SpinLockRelease(&entry->sum.mutex);
+	}
+	LWLockRelease(&usage_shared->lock);
+	return amount;
+}
+
+/*
  * Record rows inserted into and deleted from a protected table by a tenant
  * (resources rows_inserted:<table> and rows_deleted:<table>, the table as
  * regclass::text prints it).  Transactional.  For the row counting of
@@ -1305,8 +1352,9 @@ tenancy_usage(PG_FUNCTION_ARGS)
 
 /*
  * SQL: tenancy._usage_counters() RETURNS TABLE(resource text, amount
- * bigint): the shared counters of rollback-surviving records since the
- * server started, for tenancy.stats.
+ * bigint): the shared counters of this database since the server started
+ * (rollback-surviving records, authentication failures), for
+ * tenancy.stats.  Other databases' counters are not shown.
  */
 Datum
 tenancy_usage_counters(PG_FUNCTION_ARGS)
@@ -1326,6 +1374,8 @@ tenancy_usage_counters(PG_FUNCTION_ARGS)
 		bool		nulls[2] = {false, false};
 		int64		amount;
 
+		if (entry->key.dbid != MyDatabaseId)
+			continue;
 		SpinLockAcquire(&entry->sum.mutex);
 		amount = entry->sum.amount;
 		SpinLockRelease(&entry->sum.mutex);
