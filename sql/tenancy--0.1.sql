@@ -1868,8 +1868,9 @@ BEGIN
 END
 $$;
 
--- Authentication failures by cause since the server started, for
--- tenancy.stats: malformed, unknown, expired, revoked, tenant_inactive.
+-- Authentication failures in this database by cause since the server
+-- started, for tenancy.stats: malformed, unknown, expired, revoked,
+-- tenant_inactive.
 CREATE FUNCTION tenancy._auth_failures() RETURNS TABLE (cause text, failures bigint)
 LANGUAGE c VOLATILE PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'tenancy_auth_failures';
@@ -1941,8 +1942,9 @@ RETURNS void
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'tenancy_usage_record_carried';
 
--- Counters of rollback-surviving records (denials) since server start,
--- from shared memory.  For tenancy.stats.
+-- Counters of this database since server start, from shared memory:
+-- rollback-surviving records (denials), authentication failures.  For
+-- tenancy.stats.
 CREATE FUNCTION tenancy._usage_counters() RETURNS TABLE (resource text, amount bigint)
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'tenancy_usage_counters';
@@ -1959,6 +1961,9 @@ AS 'MODULE_PATHNAME', 'tenancy_usage_rollup_lock';
 -- together, so an event is folded exactly once.  Runs take turns (a
 -- transaction lock of tenancy's own); a run under READ COMMITTED that waited
 -- sees what the other folded as gone.  Returns the number of events folded.
+-- Sums are taken in numeric and saturate at the bigint maximum (a rollup
+-- that reaches it stays there), so no amount a tenant records can make
+-- the fold, and run_maintenance() with it, fail.
 CREATE FUNCTION tenancy.rollup_usage() RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1980,11 +1985,13 @@ BEGIN
          GROUP BY 1, 2, 3, 4
     ), merged AS (
         INSERT INTO tenancy.usage_rollups AS r (tenant_id, resource, granularity, period_start, amount)
-        SELECT g.tenant_id, g.resource, g.granularity, g.period_start, g.amount::bigint
+        SELECT g.tenant_id, g.resource, g.granularity, g.period_start,
+               LEAST(g.amount, 9223372036854775807::pg_catalog.numeric)::bigint
           FROM grouped g
          ORDER BY 1, 2, 3, 4
         ON CONFLICT (tenant_id, resource, granularity, period_start)
-        DO UPDATE SET amount = r.amount OPERATOR(pg_catalog.+) EXCLUDED.amount
+        DO UPDATE SET amount = LEAST(r.amount::pg_catalog.numeric OPERATOR(pg_catalog.+) EXCLUDED.amount,
+                                     9223372036854775807::pg_catalog.numeric)::bigint
     )
     SELECT pg_catalog.count(*) INTO n FROM folded;
     RETURN n;
@@ -2219,8 +2226,8 @@ AS $$
 $$;
 
 -- Metrics in Prometheus style: (metric, labels, value).  Counters (_total)
--- of denials count since the server started.  Readable by tenancy_admin and
--- pg_monitor.
+-- of denials and failures count this database's since the server started.
+-- Readable by tenancy_admin and pg_monitor.
 CREATE VIEW tenancy.stats AS
 SELECT 'tenancy_tenants'::text AS metric,
        pg_catalog.jsonb_build_object('status', s.status) AS labels,

@@ -283,6 +283,69 @@ SELECT count(tenancy.record_usage('many-' || g, 1, 'usage-a')) FROM generate_ser
 SELECT count(*) AS written_by_their_commit, sum(amount) FROM tenancy.usage_events WHERE resource LIKE 'many-%';
 SET tenancy.usage_flush_delay = 0;
 
+-- Totals saturate at the bigint maximum, 9223372036854775807, instead of
+-- overflowing: a tenant's session records the maximum in two transactions
+-- (two raw rows), and usage(), rollup_usage() and run_maintenance() still
+-- work, for every tenant.
+SELECT tenancy.rollup_usage() >= 0 AS nothing_left_unfolded;
+SELECT set_config('app.tenant_id', tenancy.tenant_id('usage-a')::text, false) IS NOT NULL AS context_set;
+SET ROLE regress_usage_plain;
+SELECT tenancy.record_usage('boom', 9223372036854775807);
+SELECT tenancy.record_usage('boom', 9223372036854775807);
+SELECT resource, amount FROM tenancy.usage(NULL, NULL, NULL, 'month') WHERE resource = 'boom';
+RESET ROLE;
+SELECT * FROM pg_temp.events('usage-a') WHERE resource = 'boom';
+SELECT tenancy.record_usage('after-boom', 1, 'usage-b');
+SELECT tenancy.rollup_usage() AS folded;
+SELECT DISTINCT granularity, amount FROM tenancy.usage_rollups
+ WHERE resource IN ('boom', 'after-boom') ORDER BY 1, 2;
+-- A rollup at the maximum stays there: in usage() (rollup plus an
+-- unfolded event) and when maintenance folds more into it.
+SELECT tenancy.record_usage('boom', 1, 'usage-a');
+SELECT resource, amount FROM tenancy.usage('usage-a', NULL, NULL, 'month') WHERE resource = 'boom';
+SELECT tenancy.run_maintenance();
+SELECT last_result->'events_folded' AS events_folded FROM tenancy.maintenance_state;
+SELECT DISTINCT granularity, amount FROM tenancy.usage_rollups WHERE resource = 'boom' ORDER BY 1;
+
+-- Waiting sums saturate too: a tenant's committed usage waiting in shared
+-- memory is not wrapped negative (and dropped) by a huge later record.
+SET tenancy.usage_flush_delay = '60s';
+SET ROLE regress_usage_plain;
+SELECT tenancy.record_usage('wrap', 100);
+SELECT tenancy.record_usage('wrap', 9223372036854775807);
+RESET ROLE;
+SELECT count(*) AS written_yet FROM tenancy.usage_events WHERE resource = 'wrap';
+SELECT resource, amount FROM tenancy.usage('usage-a', NULL, NULL, 'month') WHERE resource = 'wrap';
+SELECT tenancy.rollup_usage() > 0 AS folded;
+SELECT DISTINCT granularity, amount FROM tenancy.usage_rollups WHERE resource = 'wrap' ORDER BY 1;
+SET app.tenant_id = '';
+
+-- rollup_usage() writes the waiting sums of every session in its own
+-- transaction: that transaction cannot be prepared, since a ROLLBACK
+-- PREPARED could not give them back (0A000); they wait again.
+SELECT tenancy.record_usage('prepared-rollup', 5, 'usage-a');
+BEGIN;
+SELECT tenancy.rollup_usage() >= 1 AS folded;
+PREPARE TRANSACTION 'regress_usage_rollup';
+ROLLBACK PREPARED 'regress_usage_rollup';
+SELECT resource, amount FROM tenancy.usage('usage-a', NULL, NULL, 'month') WHERE resource = 'prepared-rollup';
+-- A prepared transaction's own records are written in it: they count after
+-- COMMIT PREPARED, not after ROLLBACK PREPARED.
+BEGIN;
+SELECT tenancy.record_usage('prepared-own', 3, 'usage-a');
+PREPARE TRANSACTION 'regress_usage_own_1';
+BEGIN;
+SELECT tenancy.record_usage('prepared-own', 40, 'usage-a');
+PREPARE TRANSACTION 'regress_usage_own_2';
+SELECT count(*) AS counted_while_prepared FROM tenancy.usage('usage-a', NULL, NULL, 'month') WHERE resource = 'prepared-own';
+COMMIT PREPARED 'regress_usage_own_1';
+ROLLBACK PREPARED 'regress_usage_own_2';
+SELECT resource, amount FROM tenancy.usage('usage-a', NULL, NULL, 'month') WHERE resource LIKE 'prepared-%' ORDER BY 1;
+SELECT tenancy.rollup_usage() >= 2 AS folded;
+SELECT resource, amount FROM tenancy.usage_rollups
+ WHERE granularity = 'month' AND resource LIKE 'prepared-%' ORDER BY 1;
+SET tenancy.usage_flush_delay = 0;
+
 -- Leave no tenants behind for later tests.
 SELECT tenancy.delete_tenant(t), tenancy.purge_tenant(t) FROM unnest(ARRAY['usage-a', 'usage-b']) t;
 SELECT count(*) AS usage_rows_left FROM tenancy.usage_rollups;

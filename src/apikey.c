@@ -49,7 +49,9 @@
  * the column is right to within a minute with at most one write a minute
  * per key and backend.
  *
- * Shared memory: one counter per failure cause, pg_atomic_uint64, no lock.
+ * Failures are counted by cause in the shared counters of usage.c
+ * (tenancy_usage_count(), names "auth_failures:<cause>"), which are kept
+ * by database: tenancy.stats shows the current database's only.
  *
  *-------------------------------------------------------------------------
  */
@@ -141,14 +143,6 @@ static const char *const verdict_names[KEY_NCAUSES] = {
 	"malformed", "unknown", "expired", "revoked", "tenant_inactive"
 };
 
-/* Shared memory: failure counters. */
-typedef struct ApikeyShared
-{
-	pg_atomic_uint64 failures[KEY_NCAUSES];
-} ApikeyShared;
-
-static ApikeyShared *apikey_shared = NULL;
-
 /* A row of tenancy.api_keys, as far as C needs it. */
 typedef struct KeyRow
 {
@@ -222,30 +216,11 @@ static emit_log_hook_type prev_emit_log_hook = NULL;
  * ---------------------------------------------------------------------
  */
 
-Size
-tenancy_apikey_shmem_size(void)
-{
-	return MAXALIGN(sizeof(ApikeyShared));
-}
-
-/* Called by shmem.c under AddinShmemInitLock. */
-void
-tenancy_apikey_shmem_startup(void)
-{
-	bool		found;
-	int			i;
-
-	apikey_shared = ShmemInitStruct("tenancy apikey", sizeof(ApikeyShared), &found);
-	if (!found)
-		for (i = 0; i < KEY_NCAUSES; i++)
-			pg_atomic_init_u64(&apikey_shared->failures[i], 0);
-}
-
 /* Every SQL entry point: shared memory must be there (55000). */
 static void
 require_shmem(void)
 {
-	if (apikey_shared == NULL)
+	if (!tenancy_shmem_attached())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("tenancy: shared memory is not attached"),
@@ -688,7 +663,10 @@ key_verify(Datum keydatum, KeyRow *row, char *prefix)
 static void
 report_failure(KeyVerdict verdict, const char *prefix, const char *caller)
 {
-	pg_atomic_fetch_add_u64(&apikey_shared->failures[verdict], 1);
+	char		counter[64];
+
+	snprintf(counter, sizeof(counter), "auth_failures:%s", verdict_names[verdict]);
+	tenancy_usage_count(counter, 1);
 	if (prefix[0] != '\0')
 		ereport(LOG_SERVER_ONLY,
 				(errmsg("tenancy: API key refused by %s: %s", caller, verdict_names[verdict]),
@@ -1293,7 +1271,8 @@ tenancy_keys_visible_tenant(PG_FUNCTION_ARGS)
 
 /*
  * SQL: tenancy._auth_failures() RETURNS TABLE(cause text, failures bigint):
- * failed verifications since the server started, by cause.
+ * failed verifications in this database since the server started, by
+ * cause.
  */
 Datum
 tenancy_auth_failures(PG_FUNCTION_ARGS)
@@ -1320,9 +1299,11 @@ tenancy_auth_failures(PG_FUNCTION_ARGS)
 		int			i = (int) funcctx->call_cntr;
 		Datum		values[2];
 		bool		nulls[2] = {false, false};
+		char		counter[64];
 
+		snprintf(counter, sizeof(counter), "auth_failures:%s", verdict_names[i]);
 		values[0] = CStringGetTextDatum(verdict_names[i]);
-		values[1] = Int64GetDatum((int64) pg_atomic_read_u64(&apikey_shared->failures[i]));
+		values[1] = Int64GetDatum(tenancy_usage_counter(counter));
 		SRF_RETURN_NEXT(funcctx, HeapTupleGetDatum(heap_form_tuple(funcctx->tuple_desc, values, nulls)));
 	}
 	SRF_RETURN_DONE(funcctx);

@@ -4,7 +4,7 @@
  *		Shared memory of tenancy: one request and one start-up for every
  *		area, as pg_stat_statements does it in PostgreSQL 15.
  *
- * Each area (quota.c, ratelimit.c, apikey.c, usage.c) says how much it
+ * Each area (quota.c, ratelimit.c, usage.c) says how much it
  * needs and initialises its own part; this file requests the sum in
  * shmem_request_hook and calls each start-up under AddinShmemInitLock in
  * shmem_startup_hook.  Both hooks chain to the previous ones.
@@ -112,7 +112,6 @@ tenancy_shmem_size(void)
 	size = add_size(size, MAXALIGN(writers_size()));
 	size = add_size(size, tenancy_quota_shmem_size());
 	size = add_size(size, tenancy_ratelimit_shmem_size());
-	size = add_size(size, tenancy_apikey_shmem_size());
 	size = add_size(size, tenancy_usage_shmem_size());
 	return size;
 }
@@ -149,7 +148,6 @@ tenancy_shmem_startup(void)
 	tenancy_locks = GetNamedLWLockTranche("tenancy");
 	tenancy_quota_shmem_startup();
 	tenancy_ratelimit_shmem_startup();
-	tenancy_apikey_shmem_startup();
 	tenancy_usage_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }

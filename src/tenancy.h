@@ -183,8 +183,6 @@ typedef struct TenancyKeyBinding
 	char	  **scopes;
 } TenancyKeyBinding;
 
-extern Size tenancy_apikey_shmem_size(void);
-extern void tenancy_apikey_shmem_startup(void);
 extern void tenancy_apikey_init(void);
 extern void tenancy_apikey_validate_binding(const pg_uuid_t *tenant,
 											const pg_uuid_t *key);
@@ -208,6 +206,8 @@ extern void tenancy_usage_init(void);
 extern void tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
 								 int64 amount, bool survive_abort);
 extern bool tenancy_usage_resource_ok(const char *resource);
+extern void tenancy_usage_count(const char *name, int64 amount);
+extern int64 tenancy_usage_counter(const char *name);
 extern void tenancy_usage_record_rows(Oid relid, const pg_uuid_t *tenant,
 									  int64 inserted, int64 deleted);
 

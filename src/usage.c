@@ -19,7 +19,14 @@
  * recording usage never turns a read-only request into a writing one.
  * Records that must survive the rollback of their transaction (quota and
  * rate-limit denials) are added there at once, when recorded; they are
- * also added to counters by resource, which tenancy.stats reads.
+ * also added to counters by database and resource, which tenancy.stats
+ * reads (for the current database only), as are the authentication
+ * failures of apikey.c (tenancy_usage_count()).
+ *
+ * Every sum saturates at PG_INT64_MAX instead of wrapping: in backend
+ * memory, in shared memory, and in SQL (rollup_usage(), usage()), so that
+ * no amount a tenant records can turn its own committed usage negative
+ * (and have it dropped) or make a rollup overflow.
  *
  * Any backend of the database may write the waiting sums: it takes them
  * out of shared memory (remembering them, to put them back if its
@@ -35,6 +42,10 @@
  *	- with tenancy.usage_flush_delay = 0, at the PRE_COMMIT of the
  *	  recording transaction itself, with its own sums (not through shared
  *	  memory), so that nothing is ever lost.
+ * Sums taken out of shared memory are written in the current transaction,
+ * so that transaction must not be prepared (PREPARE TRANSACTION refuses
+ * it, 0A000): a ROLLBACK PREPARED, in any session, could not put them
+ * back.  A prepared transaction's own records are written in it.
  * usage() adds the waiting sums (and the current transaction's own) to
  * what it reads from the tables, so usage is visible to every session as
  * soon as the recording transaction committed.  While a transaction writes
@@ -100,8 +111,11 @@ PG_FUNCTION_INFO_V1(tenancy_usage_record_carried);
 PG_FUNCTION_INFO_V1(tenancy_audit_guard);
 PG_FUNCTION_INFO_V1(tenancy_audit_purge);
 
-/* Most shared counters (distinct denial resources) per server. */
-#define USAGE_MAX_COUNTERS 1024
+/*
+ * Most shared counters (distinct database and counter name pairs: denial
+ * resources, authentication failure causes) per server.
+ */
+#define USAGE_MAX_COUNTERS 4096
 
 /* Most waiting (database, tenant, resource, hour) sums per server. */
 #define USAGE_MAX_WAITING 16384
@@ -142,7 +156,8 @@ typedef struct SharedSum
 
 typedef struct UsageCounterKey
 {
-	char		resource[TENANCY_RESOURCE_MAXLEN + 1];
+	Oid			dbid;
+	char		resource[TENANCY_RESOURCE_MAXLEN + 1];	/* zero-padded */
 } UsageCounterKey;
 
 typedef struct UsageCounter
@@ -255,12 +270,24 @@ require_shmem(void)
 				 errhint("Add tenancy to shared_preload_libraries in postgresql.conf and restart the server.")));
 }
 
+/* a + b (both >= 0), saturating at PG_INT64_MAX instead of wrapping. */
+static inline int64
+add_saturating(int64 a, int64 b)
+{
+	int64		result;
+
+	if (pg_add_s64_overflow(a, b, &result))
+		return PG_INT64_MAX;
+	return result;
+}
+
 /*
  * Add amount to the sum of key in htab, an entry being created if need be
- * (its bytes after the SharedSum zeroed).  sum_offset is where the
- * SharedSum of an entry lies.  Returns the entry, or NULL when the hash is
- * full; with the LWLock still held (shared or exclusive) when not NULL.
- * Never raises: callers run in commit and abort callbacks.
+ * (its bytes after the SharedSum zeroed); the sum saturates at
+ * PG_INT64_MAX.  sum_offset is where the SharedSum of an entry lies.
+ * Returns the entry, or NULL when the hash is full; with the LWLock still
+ * held (shared or exclusive) when not NULL.  Never raises: callers run in
+ * commit and abort callbacks.
  */
 static void *
 shared_sum_add(HTAB *htab, const void *key, Size sum_offset, Size entrysize,
@@ -292,12 +319,15 @@ shared_sum_add(HTAB *htab, const void *key, Size sum_offset, Size entrysize,
 	}
 	sum = (SharedSum *) (entry + sum_offset);
 	SpinLockAcquire(&sum->mutex);
-	sum->amount += amount;
+	sum->amount = add_saturating(sum->amount, amount);
 	SpinLockRelease(&sum->mutex);
 	return entry;
 }
 
-/* Add amount to the shared counter of resource. */
+/*
+ * Add amount to the shared counter of (this database, resource).  Never
+ * raises.
+ */
 static void
 counter_add(const char *resource, int64 amount)
 {
@@ -306,6 +336,7 @@ counter_add(const char *resource, int64 amount)
 	if (usage_shared == NULL || usage_counters == NULL)
 		return;
 	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
 	strlcpy(key.resource, resource, sizeof(key.resource));
 	if (shared_sum_add(usage_counters, &key, offsetof(UsageCounter, sum),
 					   sizeof(UsageCounter), amount) == NULL)
@@ -796,6 +827,19 @@ usage_xact_callback(XactEvent event, void *arg)
 			}
 			break;
 		case XACT_EVENT_PRE_PREPARE:
+
+			/*
+			 * Waiting sums taken out of shared memory (by rollup_usage())
+			 * are written in this transaction; prepared, it could be
+			 * rolled back in another session, or after a restart, where
+			 * nothing can put them back: refuse.
+			 */
+			if (ntaken > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("tenancy: cannot prepare a transaction that wrote waiting usage"),
+						 errdetail("This transaction wrote usage that committed transactions recorded; a ROLLBACK PREPARED could not give it back."),
+						 errhint("Run tenancy.rollup_usage() or tenancy.run_maintenance() outside a prepared transaction.")));
 			/* A prepared transaction's records go with it. */
 			if (pending != NULL && !usage_flush(false))
 				ereport(ERROR,
@@ -863,7 +907,8 @@ tenancy_usage_resource_ok(const char *resource)
  * Transactional unless survive_abort, in which case the record outlives the
  * rollback of the current transaction (it waits in shared memory at once)
  * and is counted in the denial counters.  Amounts <= 0 and invalid
- * resource names are ignored: a meter never makes its caller fail.
+ * resource names are ignored, and sums saturate: a meter never makes its
+ * caller fail.
  */
 void
 tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
@@ -880,7 +925,44 @@ tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
 			report_lost(resource);
 	}
 	else
-		pending_add(tenant, resource, GetCurrentTransactionNestLevel(), amount, true);
+		pending_add(tenant, resource, GetCurrentTransactionNestLevel(), amount, false);
+}
+
+/*
+ * Add amount to the shared counter `name` of this database (a counter of
+ * tenancy.stats that no rollback undoes: authentication failures).  Never
+ * raises; a full counter table counts into "dropped".
+ */
+void
+tenancy_usage_count(const char *name, int64 amount)
+{
+	if (amount > 0 && OidIsValid(MyDatabaseId))
+		counter_add(name, amount);
+}
+
+/* The shared counter `name` of this database; 0 if it has none. */
+int64
+tenancy_usage_counter(const char *name)
+{
+	UsageCounterKey key;
+	UsageCounter *entry;
+	int64		amount = 0;
+
+	if (usage_shared == NULL || usage_counters == NULL)
+		return 0;
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	strlcpy(key.resource, name, sizeof(key.resource));
+	LWLockAcquire(&usage_shared->lock, LW_SHARED);
+	entry = hash_search(usage_counters, &key, HASH_FIND, NULL);
+	if (entry != NULL)
+	{
+		SpinLockAcquire(&entry->sum.mutex);
+		amount = entry->sum.amount;
+		SpinLockRelease(&entry->sum.mutex);
+	}
+	LWLockRelease(&usage_shared->lock);
+	return amount;
 }
 
 /*
@@ -1267,7 +1349,8 @@ tenancy_usage(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	plan = SPI_prepare("WITH b AS (SELECT date_trunc($2, $3, 'UTC') AS lo, $4 AS hi) "
-					   "SELECT s.period_start, s.resource, sum(s.amount)::bigint "
+					   "SELECT s.period_start, s.resource, "
+					   "       LEAST(sum(s.amount), 9223372036854775807::numeric)::bigint "
 					   "  FROM (SELECT r.period_start, r.resource, r.amount "
 					   "          FROM tenancy.usage_rollups r, b "
 					   "         WHERE r.tenant_id = $1 AND r.granularity = $2 "
@@ -1326,8 +1409,9 @@ tenancy_usage(PG_FUNCTION_ARGS)
 
 /*
  * SQL: tenancy._usage_counters() RETURNS TABLE(resource text, amount
- * bigint): the shared counters of rollback-surviving records since the
- * server started, for tenancy.stats.
+ * bigint): the shared counters of this database since the server started
+ * (rollback-surviving records, authentication failures), for
+ * tenancy.stats.  Other databases' counters are not shown.
  */
 Datum
 tenancy_usage_counters(PG_FUNCTION_ARGS)
@@ -1347,6 +1431,8 @@ tenancy_usage_counters(PG_FUNCTION_ARGS)
 		bool		nulls[2] = {false, false};
 		int64		amount;
 
+		if (entry->key.dbid != MyDatabaseId)
+			continue;
 		SpinLockAcquire(&entry->sum.mutex);
 		amount = entry->sum.amount;
 		SpinLockRelease(&entry->sum.mutex);
