@@ -12,6 +12,14 @@ CREATE FUNCTION tenancy._assert_preloaded() RETURNS void
 LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_assert_preloaded';
 SELECT tenancy._assert_preloaded();
 
+-- Shared memory may still hold state of a tenancy dropped from this
+-- database (quota counters and their waiting deltas, waiting usage, rate
+-- buckets): it goes, the tables made here (and restored, maybe) are the
+-- truth.  Only CREATE EXTENSION may call it.
+CREATE FUNCTION tenancy._forget_database_state() RETURNS void
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_forget_database_state';
+SELECT tenancy._forget_database_state();
+
 -- The two roles, created if missing (roles are cluster-wide).
 DO $roles$
 BEGIN
@@ -1351,6 +1359,15 @@ CREATE TABLE tenancy.quota_ledger (
 CREATE INDEX quota_ledger_key_idx ON tenancy.quota_ledger (tenant_id, resource, period_start);
 CREATE INDEX quota_ledger_relid_idx ON tenancy.quota_ledger (relid) WHERE relid IS NOT NULL;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.quota_ledger', '');
+-- Rows written into the ledger by a top-level statement (pg_restore
+-- --data-only, an administrator) make the database's shared counters be
+-- rebuilt from it (those not in use, without waiting deltas).  ALWAYS:
+-- also while a restore runs as a replica.
+CREATE FUNCTION tenancy._quota_ledger_loaded() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_quota_ledger_loaded';
+CREATE TRIGGER tenancy_ledger_loaded AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON tenancy.quota_ledger FOR EACH STATEMENT EXECUTE FUNCTION tenancy._quota_ledger_loaded();
+ALTER TABLE tenancy.quota_ledger ENABLE ALWAYS TRIGGER tenancy_ledger_loaded;
 
 -- Rate limits: token bucket parameters (the buckets live in shared memory).
 CREATE TABLE tenancy.plan_rate_limits (

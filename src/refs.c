@@ -42,7 +42,9 @@
  * functions never COPY and insert from inside a function (not at the top
  * level), and a COPY (query) TO that calls them is a COPY TO.
  * doc/tenancy-concepts.md says what that leaves to a superuser who loads
- * the tables by hand.
+ * the tables by hand.  tenancy_top_level_write(), which tells how the
+ * top-level statement writes a table, also serves quota.c (a ledger
+ * loaded by a restore).
  *
  *-------------------------------------------------------------------------
  */
@@ -83,6 +85,54 @@ protocol_error(const char *fn, const char *what)
 			 errmsg("tenancy: %s %s", fn, what)));
 }
 
+/* Is the relation range var names rel? */
+static bool
+names_rel(RangeVar *rv, Oid relid)
+{
+	return rv != NULL && RangeVarGetRelid(rv, NoLock, true) == relid;
+}
+
+/*
+ * How the statement at the top level (that of the active portal) writes
+ * relid directly, not through a function or a trigger: by COPY FROM, by an
+ * INSERT, by an UPDATE, DELETE or MERGE, or by TRUNCATE; or not at all.
+ */
+TenancyTopWrite
+tenancy_top_level_write(Oid relid)
+{
+	ListCell   *lc;
+
+	if (ActivePortal == NULL)
+		return TENANCY_TOP_NONE;
+	foreach(lc, ActivePortal->stmts)
+	{
+		PlannedStmt *ps = lfirst_node(PlannedStmt, lc);
+
+		if (ps->commandType == CMD_UTILITY && ps->utilityStmt != NULL)
+		{
+			if (IsA(ps->utilityStmt, CopyStmt))
+			{
+				CopyStmt   *copy = (CopyStmt *) ps->utilityStmt;
+
+				if (copy->is_from && names_rel(copy->relation, relid))
+					return TENANCY_TOP_COPY;
+			}
+			else if (IsA(ps->utilityStmt, TruncateStmt))
+			{
+				ListCell   *rc;
+
+				foreach(rc, ((TruncateStmt *) ps->utilityStmt)->relations)
+					if (names_rel(lfirst_node(RangeVar, rc), relid))
+						return TENANCY_TOP_TRUNCATE;
+			}
+		}
+		else if (ps->resultRelations != NIL &&
+				 rt_fetch(linitial_int(ps->resultRelations), ps->rtable)->relid == relid)
+			return ps->commandType == CMD_INSERT ? TENANCY_TOP_INSERT : TENANCY_TOP_MODIFY;
+	}
+	return TENANCY_TOP_NONE;
+}
+
 /*
  * Is a restore loading rel?  A superuser runs, at the top level, a COPY
  * FROM into rel, or an INSERT into rel with row_security off (see the file
@@ -91,29 +141,12 @@ protocol_error(const char *fn, const char *what)
 static bool
 restore_loading(Relation rel)
 {
-	ListCell   *lc;
+	TenancyTopWrite how;
 
-	if (ActivePortal == NULL || !superuser())
+	if (!superuser())
 		return false;
-	foreach(lc, ActivePortal->stmts)
-	{
-		PlannedStmt *ps = lfirst_node(PlannedStmt, lc);
-
-		if (ps->commandType == CMD_UTILITY && ps->utilityStmt != NULL &&
-			IsA(ps->utilityStmt, CopyStmt))
-		{
-			CopyStmt   *copy = (CopyStmt *) ps->utilityStmt;
-
-			if (copy->is_from && copy->relation != NULL &&
-				RangeVarGetRelid(copy->relation, NoLock, true) == RelationGetRelid(rel))
-				return true;
-		}
-		else if (ps->commandType == CMD_INSERT && !row_security &&
-				 ps->resultRelations != NIL &&
-				 rt_fetch(linitial_int(ps->resultRelations), ps->rtable)->relid == RelationGetRelid(rel))
-			return true;
-	}
-	return false;
+	how = tenancy_top_level_write(RelationGetRelid(rel));
+	return how == TENANCY_TOP_COPY || (how == TENANCY_TOP_INSERT && !row_security);
 }
 
 /* A table of schema tenancy named by a trigger argument, locked as asked. */
