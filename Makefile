@@ -11,9 +11,9 @@ EXTENSION  = tenancy
 MODULE_big = tenancy
 # Each area keeps its own lists, so that work on one does not touch another's.
 # -- foundation: tenants and protected tables
-OBJS_CORE = src/tenancy.o src/protect.o src/commit.o
+OBJS_CORE = src/tenancy.o src/protect.o src/commit.o src/refs.o
 REGRESS_CORE = preload tenants protect
-ISOLATION_CORE = protect_concurrent tenant_purge
+ISOLATION_CORE = protect_concurrent tenant_purge tenant_refs
 DOCS_CORE = doc/tenancy.md doc/tenancy-concepts.md doc/tenancy-tenants.md
 
 # -- foundation: the tenant context

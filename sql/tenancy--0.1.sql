@@ -12,6 +12,14 @@ CREATE FUNCTION tenancy._assert_preloaded() RETURNS void
 LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_assert_preloaded';
 SELECT tenancy._assert_preloaded();
 
+-- Shared memory may still hold state of a tenancy dropped from this
+-- database (quota counters and their waiting deltas, waiting usage, rate
+-- buckets): it goes, the tables made here (and restored, maybe) are the
+-- truth.  Only CREATE EXTENSION may call it.
+CREATE FUNCTION tenancy._forget_database_state() RETURNS void
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_forget_database_state';
+SELECT tenancy._forget_database_state();
+
 -- The two roles, created if missing (roles are cluster-wide).
 DO $roles$
 BEGIN
@@ -49,7 +57,7 @@ CREATE TABLE tenancy.tenants (
     id          uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
     slug        text COLLATE "C" NOT NULL,
     name        text NOT NULL,
-    plan        text NOT NULL,
+    plan        text NOT NULL,            -- references plans (section 5 end)
     status      text NOT NULL DEFAULT 'active',
     expires_at  timestamptz,
     metadata    jsonb NOT NULL DEFAULT '{}',
@@ -58,7 +66,6 @@ CREATE TABLE tenancy.tenants (
     deleted_at  timestamptz,
     CONSTRAINT tenants_pkey PRIMARY KEY (id),
     CONSTRAINT tenants_slug_key UNIQUE (slug),
-    CONSTRAINT tenants_plan_fkey FOREIGN KEY (plan) REFERENCES tenancy.plans (name) ON UPDATE CASCADE,
     CONSTRAINT tenants_status_check CHECK (status IN ('active', 'suspended', 'deleted')),
     CONSTRAINT tenants_slug_check CHECK (slug ~ '^[a-z0-9][a-z0-9-]{1,30}[a-z0-9]$')
 );
@@ -1289,7 +1296,7 @@ $$;
 --------------------------------------------------------------------------
 
 CREATE TABLE tenancy.plan_quotas (
-    plan        text NOT NULL REFERENCES tenancy.plans (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    plan        text NOT NULL,            -- references plans (section 5 end)
     resource    text NOT NULL,
     quota_limit bigint,
     period      text,
@@ -1300,7 +1307,7 @@ CREATE TABLE tenancy.plan_quotas (
 SELECT pg_catalog.pg_extension_config_dump('tenancy.plan_quotas', '');
 
 CREATE TABLE tenancy.tenant_quotas (
-    tenant_id   uuid NOT NULL REFERENCES tenancy.tenants (id) ON DELETE CASCADE,
+    tenant_id   uuid NOT NULL,            -- references tenants (section 5 end)
     resource    text NOT NULL,
     quota_limit bigint,
     period      text,
@@ -1362,10 +1369,19 @@ CREATE TABLE tenancy.quota_ledger (
 CREATE INDEX quota_ledger_key_idx ON tenancy.quota_ledger (tenant_id, resource, period_start);
 CREATE INDEX quota_ledger_relid_idx ON tenancy.quota_ledger (relid) WHERE relid IS NOT NULL;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.quota_ledger', '');
+-- Rows written into the ledger by a top-level statement (pg_restore
+-- --data-only, an administrator) make the database's shared counters be
+-- rebuilt from it (those not in use, without waiting deltas).  ALWAYS:
+-- also while a restore runs as a replica.
+CREATE FUNCTION tenancy._quota_ledger_loaded() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_quota_ledger_loaded';
+CREATE TRIGGER tenancy_ledger_loaded AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON tenancy.quota_ledger FOR EACH STATEMENT EXECUTE FUNCTION tenancy._quota_ledger_loaded();
+ALTER TABLE tenancy.quota_ledger ENABLE ALWAYS TRIGGER tenancy_ledger_loaded;
 
 -- Rate limits: token bucket parameters (the buckets live in shared memory).
 CREATE TABLE tenancy.plan_rate_limits (
-    plan        text NOT NULL REFERENCES tenancy.plans (name) ON UPDATE CASCADE ON DELETE CASCADE,
+    plan        text NOT NULL,            -- references plans (section 5 end)
     resource    text NOT NULL,
     per_second  float8 NOT NULL,
     burst       integer NOT NULL,
@@ -1375,7 +1391,7 @@ CREATE TABLE tenancy.plan_rate_limits (
 SELECT pg_catalog.pg_extension_config_dump('tenancy.plan_rate_limits', '');
 
 CREATE TABLE tenancy.tenant_rate_limits (
-    tenant_id   uuid NOT NULL REFERENCES tenancy.tenants (id) ON DELETE CASCADE,
+    tenant_id   uuid NOT NULL,            -- references tenants (section 5 end)
     resource    text NOT NULL,
     per_second  float8 NOT NULL,
     burst       integer NOT NULL,
@@ -1660,7 +1676,7 @@ LANGUAGE c VOLATILE ROWS 1 AS 'MODULE_PATHNAME', 'tenancy_rate_status';
 -- Later versions may only add columns at the end.
 CREATE TABLE tenancy.api_keys (
     id           uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid() PRIMARY KEY,
-    tenant_id    uuid NOT NULL REFERENCES tenancy.tenants (id) ON DELETE CASCADE,
+    tenant_id    uuid NOT NULL,           -- references tenants (below)
     name         text NOT NULL,
     prefix       text NOT NULL,
     key_hash     bytea NOT NULL,
@@ -1689,6 +1705,51 @@ CREATE TRIGGER api_keys_changed
        OR DELETE OR TRUNCATE ON tenancy.api_keys
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy._tenants_changed();
 ALTER TABLE tenancy.api_keys ENABLE ALWAYS TRIGGER api_keys_changed;
+
+-- References between the extension's tables, kept by triggers (src/refs.c)
+-- rather than foreign keys: pg_restore -j loads these tables in any order,
+-- and a foreign key would refuse (and lose) api_keys loaded before tenants.
+-- The triggers do what the foreign keys did, with the same row locks, but
+-- let a restore's COPY in (doc/tenancy-concepts.md, "Dump and restore").
+--   tenants.plan                       -> plans.name  ON UPDATE CASCADE
+--   plan_quotas.plan, plan_rate_limits.plan
+--                                      -> plans.name  ON UPDATE CASCADE ON DELETE CASCADE
+--   tenant_quotas.tenant_id, tenant_rate_limits.tenant_id, api_keys.tenant_id
+--                                      -> tenants.id  ON DELETE CASCADE
+CREATE FUNCTION tenancy._ref_check() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ref_check';
+CREATE FUNCTION tenancy._ref_cascade() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ref_cascade';
+CREATE FUNCTION tenancy._ref_truncate() RETURNS trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ref_truncate';
+
+CREATE TRIGGER tenancy_ref AFTER INSERT OR UPDATE OF plan ON tenancy.tenants
+    FOR EACH ROW EXECUTE FUNCTION tenancy._ref_check('plan', 'plans', 'name');
+CREATE TRIGGER tenancy_ref AFTER INSERT OR UPDATE OF plan ON tenancy.plan_quotas
+    FOR EACH ROW EXECUTE FUNCTION tenancy._ref_check('plan', 'plans', 'name');
+CREATE TRIGGER tenancy_ref AFTER INSERT OR UPDATE OF plan ON tenancy.plan_rate_limits
+    FOR EACH ROW EXECUTE FUNCTION tenancy._ref_check('plan', 'plans', 'name');
+CREATE TRIGGER tenancy_ref AFTER INSERT OR UPDATE OF tenant_id ON tenancy.tenant_quotas
+    FOR EACH ROW EXECUTE FUNCTION tenancy._ref_check('tenant_id', 'tenants', 'id');
+CREATE TRIGGER tenancy_ref AFTER INSERT OR UPDATE OF tenant_id ON tenancy.tenant_rate_limits
+    FOR EACH ROW EXECUTE FUNCTION tenancy._ref_check('tenant_id', 'tenants', 'id');
+CREATE TRIGGER tenancy_ref AFTER INSERT OR UPDATE OF tenant_id ON tenancy.api_keys
+    FOR EACH ROW EXECUTE FUNCTION tenancy._ref_check('tenant_id', 'tenants', 'id');
+
+CREATE TRIGGER tenancy_referenced AFTER UPDATE OF name OR DELETE ON tenancy.plans
+    FOR EACH ROW EXECUTE FUNCTION tenancy._ref_cascade('name',
+        'tenants', 'plan', 'cascade', 'no action',
+        'plan_quotas', 'plan', 'cascade', 'cascade',
+        'plan_rate_limits', 'plan', 'cascade', 'cascade');
+CREATE TRIGGER tenancy_referenced AFTER UPDATE OF id OR DELETE ON tenancy.tenants
+    FOR EACH ROW EXECUTE FUNCTION tenancy._ref_cascade('id',
+        'tenant_quotas', 'tenant_id', 'no action', 'cascade',
+        'tenant_rate_limits', 'tenant_id', 'no action', 'cascade',
+        'api_keys', 'tenant_id', 'no action', 'cascade');
+CREATE TRIGGER tenancy_referenced_truncate AFTER TRUNCATE ON tenancy.plans
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy._ref_truncate('tenants', 'plan_quotas', 'plan_rate_limits');
+CREATE TRIGGER tenancy_referenced_truncate AFTER TRUNCATE ON tenancy.tenants
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy._ref_truncate('tenant_quotas', 'tenant_rate_limits', 'api_keys');
 
 -- C: the tenant whose keys this session may list (bound by an admin key,
 -- or allowed to act for any tenant), else NULL.  For the policy below.

@@ -251,6 +251,82 @@ SELECT action, target, details, tenant_id IS NOT NULL AS has_id
  ORDER BY id;
 SELECT DISTINCT actor FROM tenancy.audit_log WHERE target = 'by-admin';
 
+-- References between tenancy's own tables (src/refs.c: triggers, not
+-- foreign keys, so that pg_restore -j may load them in any order).
+INSERT INTO tenancy.plans (name) VALUES ('regress-team');
+SELECT tenancy.create_tenant('ref-a', plan => 'regress-team') IS NOT NULL AS created;
+-- (written directly: the quota and rate limit tests read the audit log)
+INSERT INTO tenancy.plan_quotas VALUES ('regress-team', 'widgets', 9);
+INSERT INTO tenancy.plan_rate_limits VALUES ('regress-team', 'calls', 3, 3);
+INSERT INTO tenancy.tenant_quotas VALUES (tenancy.tenant_id('ref-a'), 'widgets', 4);
+INSERT INTO tenancy.tenant_rate_limits VALUES (tenancy.tenant_id('ref-a'), 'calls', 2, 2);
+SELECT tenancy.create_api_key('ref-a', 'svc') IS NOT NULL AS key_created;
+-- A tenant on a plan that does not exist, a key, quota or rate limit of a
+-- tenant that does not exist: refused (23503), however they are written.
+SELECT regress_try($$INSERT INTO tenancy.tenants (slug, name, plan) VALUES ('ref-b', 'b', 'no-such-plan')$$);
+SELECT regress_try($$UPDATE tenancy.tenants SET plan = 'no-such-plan' WHERE slug = 'ref-a'$$);
+SELECT regress_try($$INSERT INTO tenancy.plan_quotas VALUES ('no-such-plan', 'widgets', 1)$$);
+SELECT regress_try($$INSERT INTO tenancy.plan_rate_limits VALUES ('no-such-plan', 'calls', 1, 1)$$);
+SELECT regress_try($$INSERT INTO tenancy.tenant_quotas VALUES ('00000000-0000-0000-0000-00000000000a', 'widgets', 1)$$);
+SELECT regress_try($$INSERT INTO tenancy.tenant_rate_limits VALUES ('00000000-0000-0000-0000-00000000000a', 'calls', 1, 1)$$);
+SELECT regress_try($$INSERT INTO tenancy.api_keys (tenant_id, name, prefix, key_hash)
+                     VALUES ('00000000-0000-0000-0000-00000000000a', 'x', 'x', '\x00')$$);
+SELECT regress_try($$UPDATE tenancy.api_keys SET tenant_id = '00000000-0000-0000-0000-00000000000a' WHERE name = 'svc'$$);
+-- Rows changed without touching the reference are not checked again.
+UPDATE tenancy.api_keys SET name = 'svc2' WHERE name = 'svc';
+UPDATE tenancy.api_keys SET name = 'svc', tenant_id = tenant_id WHERE name = 'svc2';
+-- A plan renamed: its tenants, quotas and rate limits follow.
+UPDATE tenancy.plans SET name = 'regress-crew' WHERE name = 'regress-team';
+SELECT (SELECT plan FROM tenancy.tenants WHERE slug = 'ref-a') AS tenant_plan,
+       (SELECT string_agg(plan, ',') FROM tenancy.plan_quotas WHERE resource = 'widgets') AS quota_plans,
+       (SELECT string_agg(plan, ',') FROM tenancy.plan_rate_limits WHERE resource = 'calls') AS rate_plans;
+-- A plan that tenants are on cannot be deleted, nor a referenced tenant's
+-- id changed, nor a referenced table truncated alone.
+SELECT regress_try($$DELETE FROM tenancy.plans WHERE name = 'regress-crew'$$);
+SELECT regexp_replace(regress_try($$UPDATE tenancy.tenants SET id = gen_random_uuid() WHERE slug = 'ref-a'$$),
+                      '\(id\)=\([0-9a-f-]+\)', '(id)=(...)') AS regress_try;
+SELECT regress_try($$TRUNCATE tenancy.tenants$$);
+SELECT regress_try($$TRUNCATE tenancy.plans$$);
+-- A purged tenant takes its keys, quotas and rate limits along.
+SELECT tenancy.delete_tenant('ref-a');
+SELECT tenancy.purge_tenant('ref-a');
+SELECT (SELECT count(*) FROM tenancy.api_keys) AS keys,
+       (SELECT count(*) FROM tenancy.tenant_quotas) AS tenant_quotas,
+       (SELECT count(*) FROM tenancy.tenant_rate_limits) AS tenant_rate_limits;
+-- A deleted plan takes its quotas and rate limits along.
+DELETE FROM tenancy.plans WHERE name = 'regress-crew';
+SELECT (SELECT count(*) FROM tenancy.plan_quotas) AS plan_quotas,
+       (SELECT count(*) FROM tenancy.plan_rate_limits) AS plan_rate_limits;
+-- What a restore loads is let in (pg_restore -j loads the tables in any
+-- order): a superuser's COPY FROM into the table itself ...
+COPY tenancy.plan_quotas FROM stdin;
+regress-later	widgets	5	\N
+\.
+-- ... or an INSERT into it with row_security off (pg_dump --inserts).
+SET row_security = off;
+INSERT INTO tenancy.plan_rate_limits VALUES ('regress-later', 'calls', 1, 1);
+RESET row_security;
+INSERT INTO tenancy.plans (name) VALUES ('regress-later');
+SELECT plan, quota_limit FROM tenancy.plan_quotas;
+SELECT plan, per_second FROM tenancy.plan_rate_limits;
+DELETE FROM tenancy.plans WHERE name = 'regress-later';
+-- ... but not a COPY by a role that is not a superuser, nor a COPY TO
+-- whose query writes, nor an INSERT from inside a function.
+GRANT INSERT ON tenancy.plan_quotas TO regress_plain;
+SET ROLE regress_plain;
+COPY tenancy.plan_quotas FROM stdin;
+regress-later	widgets	5	\N
+\.
+RESET ROLE;
+REVOKE INSERT ON tenancy.plan_quotas FROM regress_plain;
+CREATE FUNCTION pg_temp.regress_insert_quota() RETURNS int LANGUAGE sql
+AS $$ INSERT INTO tenancy.plan_quotas VALUES ('no-such-plan', 'widgets', 1) RETURNING 1 $$;
+COPY (SELECT pg_temp.regress_insert_quota()) TO stdout;
+SET row_security = off;
+SELECT pg_temp.regress_insert_quota();
+RESET row_security;
+SELECT count(*) AS plan_quotas FROM tenancy.plan_quotas;
+
 -- Clean up.
 DROP SCHEMA "App Data" CASCADE;
 SELECT count(*) AS still_listed FROM tenancy.protected_tables;

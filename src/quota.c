@@ -62,6 +62,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
+#include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "common/int.h"
@@ -95,6 +96,7 @@ PG_FUNCTION_INFO_V1(tenancy_require_quota);
 PG_FUNCTION_INFO_V1(tenancy_quota_canonical);
 PG_FUNCTION_INFO_V1(tenancy_quota_limits_changed);
 PG_FUNCTION_INFO_V1(tenancy_quota_purge);
+PG_FUNCTION_INFO_V1(tenancy_quota_ledger_loaded);
 
 /* How many counters shared memory holds before evicting unused ones. */
 #define QUOTA_MAX_ENTRIES 8192
@@ -161,6 +163,7 @@ static List *purged_tenants = NIL;	/* of pg_uuid_t *, TopMemoryContext */
 
 static bool callbacks_registered = false;
 static bool bump_at_eoxact = false;
+static bool ledger_loaded = false;	/* forget the counters at commit */
 
 /*
  * Deltas waiting in shared memory (see ledger_write()).  A commit that
@@ -1523,6 +1526,57 @@ reset_purged_entries(void)
 	LWLockRelease(lock);
 }
 
+/*
+ * Forget the shared counters of this database, so that they are rebuilt
+ * from the ledger when next used.  Entries that transactions in flight
+ * have pinned are kept (a record of theirs points to them); so are, unless
+ * all, entries with deltas waiting, as eviction keeps them.  With all (the
+ * extension is being created: no ledger holds this database's usage yet),
+ * waiting deltas go too and kept entries are emptied.
+ */
+static void
+forget_database_entries(bool all)
+{
+	LWLock	   *lock = tenancy_shmem_lock(TENANCY_LOCK_QUOTA);
+	HASH_SEQ_STATUS seq;
+	QuotaEntry *e;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, quota_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		bool		keep;
+
+		if (e->key.dbid != MyDatabaseId)
+			continue;
+		SpinLockAcquire(&e->mutex);
+		if (all)
+		{
+			e->committed = 0;
+			entry_add_waiting(e, -e->waiting);
+		}
+		keep = e->pins > 0 || e->waiting != 0;
+		SpinLockRelease(&e->mutex);
+		if (!keep)
+			hash_search(quota_hash, &e->key, HASH_REMOVE, NULL);
+	}
+	/* a counter being built from the ledger meanwhile reads it again */
+	quota_shared->evictions++;
+	LWLockRelease(lock);
+}
+
+/*
+ * CREATE EXTENSION tenancy (through tenancy._forget_database_state()):
+ * whatever shared memory still holds of an earlier tenancy in this
+ * database goes.
+ */
+void
+tenancy_quota_forget_database(void)
+{
+	if (quota_shared != NULL)
+		forget_database_entries(true);
+}
+
 static void
 quota_xact_callback(XactEvent event, void *arg)
 {
@@ -1549,6 +1603,8 @@ quota_xact_callback(XactEvent event, void *arg)
 			taken_end(false);
 			if (purged_tenants != NIL)
 				reset_purged_entries();
+			if (ledger_loaded)
+				forget_database_entries(false);
 			/* fall through */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
@@ -1560,6 +1616,7 @@ quota_xact_callback(XactEvent event, void *arg)
 			}
 			defer_this_commit = false;
 			flush_requested = false;
+			ledger_loaded = false;
 			if (npending > 0)
 				pending_version++;
 			npending = 0;
@@ -2276,6 +2333,37 @@ tenancy_quota_limits_changed(PG_FUNCTION_ARGS)
 	quota_register_callbacks();
 	tenancy_shmem_bump_generation();
 	bump_at_eoxact = true;
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * Trigger function tenancy._quota_ledger_loaded(): AFTER INSERT, UPDATE,
+ * DELETE or TRUNCATE of tenancy.quota_ledger, FOR EACH STATEMENT.  When
+ * the statement at the top level writes the ledger (pg_restore
+ * --data-only, or an administrator; tenancy's own appends fire no trigger
+ * and its own SQL runs inside functions), the shared counters of the
+ * database that are not in use and have no deltas waiting are forgotten
+ * at commit, and rebuilt from the ledger when next used.
+ */
+Datum
+tenancy_quota_ledger_loaded(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("tenancy: tenancy._quota_ledger_loaded() was not called by the trigger manager")));
+	if (!TRIGGER_FIRED_AFTER(trigdata->tg_event) || !TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("tenancy: tenancy._quota_ledger_loaded() must be fired AFTER ... FOR EACH STATEMENT")));
+	if (quota_shared != NULL &&
+		tenancy_top_level_write(RelationGetRelid(trigdata->tg_relation)) != TENANCY_TOP_NONE)
+	{
+		quota_register_callbacks();
+		ledger_loaded = true;
+	}
 	return PointerGetDatum(NULL);
 }
 

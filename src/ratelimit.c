@@ -101,6 +101,29 @@ tenancy_ratelimit_shmem_startup(void)
 							  &info, HASH_ELEM | HASH_BLOBS);
 }
 
+/*
+ * CREATE EXTENSION tenancy (through tenancy._forget_database_state()):
+ * the buckets of an earlier tenancy in this database go (every bucket is
+ * full again, as after a restart).  Buckets are used under the lock only.
+ */
+void
+tenancy_ratelimit_forget_database(void)
+{
+	LWLock	   *lock;
+	HASH_SEQ_STATUS seq;
+	RateBucket *b;
+
+	if (rate_hash == NULL)
+		return;
+	lock = tenancy_shmem_lock(TENANCY_LOCK_RATE);
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, rate_hash);
+	while ((b = hash_seq_search(&seq)) != NULL)
+		if (b->key.dbid == MyDatabaseId)
+			hash_search(rate_hash, &b->key, HASH_REMOVE, NULL);
+	LWLockRelease(lock);
+}
+
 /* A resource name for rate limits: non-empty, not too long (22023). */
 static void
 rate_resource_arg(FunctionCallInfo fcinfo, int argno, char *out)

@@ -23,6 +23,10 @@
  * transaction whose slot names the tenant (or, when one transaction
  * validated several tenants, any tenant).
  *
+ * Shared memory outlives an extension dropped from a database: when
+ * tenancy is created in a database, tenancy._forget_database_state() has
+ * every area drop what it keeps for that database.
+ *
  * Locking protocol:
  *	- The named LWLock tranche "tenancy" holds TENANCY_LWLOCKS locks:
  *	  TENANCY_LOCK_QUOTA guards the hash table of quota counters (quota.c),
@@ -50,6 +54,8 @@
 #include "postgres.h"
 
 #include "access/parallel.h"
+#include "commands/extension.h"
+#include "fmgr.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "postmaster/autovacuum.h"
@@ -64,6 +70,8 @@
 #include "utils/memutils.h"
 
 #include "tenancy.h"
+
+PG_FUNCTION_INFO_V1(tenancy_forget_database_state);
 
 #ifdef TENANCY_HAVE_SHMEM_REQUEST_HOOK
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -186,6 +194,34 @@ tenancy_shmem_require(void)
 				 errmsg("tenancy: shared memory is not attached"),
 				 errdetail("Quotas and rate limits live in shared memory that tenancy allocates at server start."),
 				 errhint("Add tenancy to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/*
+ * SQL: tenancy._forget_database_state(), called by the install script.
+ * Shared memory outlives an extension dropped from a database: quota
+ * counters (and their deltas waiting to be written), waiting usage sums
+ * and rate buckets of the database, and the limits backends cached, would
+ * come back in a tenancy created again there (by CREATE EXTENSION or a
+ * pg_restore), where the new tables are the truth.  They go; the limits
+ * generation moves on.  (Tenant and key caches follow the relcache
+ * invalidations of the dropped tables.)  Only while tenancy is being
+ * created: at any other time it would lose committed usage.
+ */
+Datum
+tenancy_forget_database_state(PG_FUNCTION_ARGS)
+{
+	tenancy_shmem_require();
+	if (!creating_extension || CurrentExtensionObject != get_extension_oid("tenancy", true))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tenancy: shared state is forgotten only while the extension is created"),
+				 errdetail("Forgetting it at another time would lose committed quota usage."),
+				 errhint("Do not call tenancy._forget_database_state(): CREATE EXTENSION tenancy does.")));
+	tenancy_quota_forget_database();
+	tenancy_usage_forget_database();
+	tenancy_ratelimit_forget_database();
+	tenancy_shmem_bump_generation();
+	PG_RETURN_VOID();
 }
 
 /* One of the tranche's LWLocks (TENANCY_LOCK_*). */

@@ -83,6 +83,17 @@ extern void tenancy_context_require_own(const pg_uuid_t *tenant);
 /* protect.c */
 extern void tenancy_protect_init(void);
 
+/* refs.c: references between tenancy's tables, and who writes a table */
+typedef enum TenancyTopWrite
+{
+	TENANCY_TOP_NONE,
+	TENANCY_TOP_COPY,			/* COPY FROM */
+	TENANCY_TOP_INSERT,
+	TENANCY_TOP_MODIFY,			/* UPDATE, DELETE, MERGE */
+	TENANCY_TOP_TRUNCATE
+} TenancyTopWrite;
+extern TenancyTopWrite tenancy_top_level_write(Oid relid);
+
 /* tenant.c */
 typedef struct TenancyTenant
 {
@@ -143,6 +154,7 @@ extern void tenancy_quota_add(const pg_uuid_t *tenant, const char *resource,
 							  Oid relid, int64 delta, bool enforce);
 extern void tenancy_quota_forget_relation(Oid relid);
 extern char *tenancy_display_resource(const char *resource);
+extern void tenancy_quota_forget_database(void);
 
 /* What a statement remembers between rows about one counter it changes. */
 typedef struct TenancyQuotaCache
@@ -167,6 +179,7 @@ extern void tenancy_quota_add_cached(TenancyQuotaCache *c, const pg_uuid_t *tena
 extern int	tenancy_guc_max_rate_buckets;
 extern Size tenancy_ratelimit_shmem_size(void);
 extern void tenancy_ratelimit_shmem_startup(void);
+extern void tenancy_ratelimit_forget_database(void);
 
 /* apikey.c: API keys and the binding of a session to one */
 #define TENANCY_KEY_READ	0x01
@@ -202,6 +215,7 @@ extern void tenancy_at_exit(bool (*needed) (void), void (*work) (void));
 #define TENANCY_RESOURCE_MAXLEN 255	/* bytes of a resource name */
 extern Size tenancy_usage_shmem_size(void);
 extern void tenancy_usage_shmem_startup(void);
+extern void tenancy_usage_forget_database(void);
 extern void tenancy_usage_init(void);
 extern void tenancy_usage_record(const pg_uuid_t *tenant, const char *resource,
 								 int64 amount, bool survive_abort);

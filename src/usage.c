@@ -259,6 +259,27 @@ tenancy_usage_shmem_startup(void)
 								  &info, HASH_ELEM | HASH_BLOBS);
 }
 
+/*
+ * CREATE EXTENSION tenancy (through tenancy._forget_database_state()):
+ * the waiting sums of an earlier tenancy in this database go, rather than
+ * be written into the new tables.
+ */
+void
+tenancy_usage_forget_database(void)
+{
+	HASH_SEQ_STATUS status;
+	WaitingSum *entry;
+
+	if (usage_shared == NULL || usage_waiting == NULL)
+		return;
+	LWLockAcquire(&usage_shared->lock, LW_EXCLUSIVE);
+	hash_seq_init(&status, usage_waiting);
+	while ((entry = hash_seq_search(&status)) != NULL)
+		if (entry->key.dbid == MyDatabaseId)
+			hash_search(usage_waiting, &entry->key, HASH_REMOVE, NULL);
+	LWLockRelease(&usage_shared->lock);
+}
+
 /* Raise 55000 unless this backend is attached to tenancy's shared memory. */
 static void
 require_shmem(void)

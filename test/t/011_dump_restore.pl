@@ -62,7 +62,47 @@ ALTER TABLE "Odd Sch".pdef OWNER TO regress_owner;
 SELECT tenancy.protect('"Odd Sch"."Ord""ers"', 'Ten Col');
 INSERT INTO "Odd Sch"."Ord""ers" SELECT g, tenancy.tenant_id(CASE WHEN g % 2 = 0 THEN 'acme' ELSE 'bolt' END),
        CASE WHEN g % 3 = 0 THEN 'a' ELSE 'b' END FROM generate_series(1, 150) g;
+-- The extension's own tables that refer to each other: a plan of one's
+-- own with quotas and a rate limit, a tenant on it, tenants' own quotas
+-- and rate limits (API keys below).
+INSERT INTO tenancy.plans (name, description) VALUES ('team', 'Team plan');
+SELECT tenancy.set_plan_quota('team', 'widgets', 100);
+SELECT tenancy.set_plan_quota('team', 'rows:docs', 50);
+SELECT tenancy.set_plan_rate_limit('team', 'calls', 5, 10);
+SELECT tenancy.create_tenant('cargo', plan => 'team');
+SELECT tenancy.set_tenant_quota('acme', 'widgets', 10);
+SELECT tenancy.set_tenant_quota('bolt', 'gadgets', 7, 'month');
+SELECT tenancy.set_tenant_rate_limit('acme', 'calls', 2, 3);
+SELECT tenancy.set_tenant_rate_limit('cargo', 'calls', 1, 1);
 });
+# Keys of every tenant; the first one must still authenticate.
+my @keys = map {
+	$node->safe_psql('src', "SELECT tenancy.create_api_key('$_->[0]', '$_->[1]')")
+} ([ 'acme', 'svc' ], [ 'acme', 'batch' ], [ 'bolt', 'svc' ], [ 'cargo', 'svc' ]);
+$node->safe_psql('src', q{SELECT tenancy.revoke_api_key(id) FROM tenancy.api_keys WHERE name = 'batch'});
+
+# What the extension's tables hold, and what they mean, in one string.
+my $own_state = q{
+SELECT (SELECT string_agg(name, ',' ORDER BY name) FROM tenancy.plans),
+       (SELECT string_agg(slug || ':' || plan, ',' ORDER BY slug) FROM tenancy.tenants),
+       (SELECT string_agg(plan || ':' || resource || '=' || quota_limit, ',' ORDER BY plan, resource) FROM tenancy.plan_quotas),
+       (SELECT string_agg(plan || ':' || resource || '=' || per_second || '/' || burst, ',' ORDER BY plan, resource) FROM tenancy.plan_rate_limits),
+       (SELECT string_agg(t.slug || ':' || resource || '=' || quota_limit || '/' || coalesce(period, '-'), ',' ORDER BY t.slug, resource)
+          FROM tenancy.tenant_quotas q JOIN tenancy.tenants t ON t.id = q.tenant_id),
+       (SELECT string_agg(t.slug || ':' || resource || '=' || per_second || '/' || burst, ',' ORDER BY t.slug, resource)
+          FROM tenancy.tenant_rate_limits r JOIN tenancy.tenants t ON t.id = r.tenant_id),
+       (SELECT string_agg(t.slug || ':' || k.name || ':' || (k.revoked_at IS NOT NULL), ',' ORDER BY t.slug, k.name)
+          FROM tenancy.api_keys k JOIN tenancy.tenants t ON t.id = k.tenant_id),
+       (SELECT quota_limit FROM tenancy.check_quota('widgets', tenant => 'cargo')),
+       (SELECT quota_limit FROM tenancy.check_quota('widgets', tenant => 'acme')),
+       (SELECT per_second || '/' || burst FROM tenancy.rate_status('calls', tenant => 'cargo'));
+};
+my $own_expected = $node->safe_psql('src', $own_state);
+is($own_expected,
+	'enterprise,free,pro,team|acme:free,bolt:free,cargo:team|team:rows:public.docs=50,team:widgets=100|team:calls=5/10|acme:widgets=10/-,bolt:gadgets=7/month|acme:calls=2/3,cargo:calls=1/1|acme:batch:true,acme:svc:false,bolt:svc:false,cargo:svc:false|100|10|1/1',
+	'the state of the extension in the source');
+# A key of the source authenticates in a restored database, as its tenant.
+my $auth = q{SELECT tenancy.authenticate('%s') = tenancy.tenant_id('%s')};
 
 my $dump = $node->basedir . '/src.dump';
 $node->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', 'src' ], 'pg_dump');
@@ -77,6 +117,10 @@ is($node->safe_psql('dst',
 is($node->safe_psql('dst',
 	'SELECT count(*) FROM tenancy._protected_problems()'),
 	'0', 'and intact');
+is($node->safe_psql('dst', $own_state), $own_expected,
+	'plans, tenants, quotas, rate limits and keys are restored');
+is($node->safe_psql('dst', sprintf($auth, $keys[0], 'acme')), 't',
+	'a key authenticates after the restore');
 is($node->safe_psql('dst',
 	q{SELECT string_agg(polname, ',' ORDER BY polname) FROM pg_policy WHERE polrelid = 'docs'::regclass}),
 	'regress_own,tenancy_isolation', 'the policies are those of the source');
@@ -111,13 +155,21 @@ like($stderr, qr/ERROR:\s+42501: tenancy: public\.events_1 is protected/,
 # A parallel restore (pg_restore -j): workers make a parent's triggers
 # after its partitions', and one loads tenancy.protected_tables while
 # another makes triggers.  It passes the guard, and leaves everything
-# protected and intact.
+# protected and intact.  Workers also load the extension's tables in any
+# order (api_keys before tenants, plan_quotas before plans): nothing of
+# them is refused nor lost.
 my $dir = $node->basedir . '/src.dir';
 $node->command_ok([ 'pg_dump', '-Fd', '-f', $dir, '-d', 'src' ], 'pg_dump -Fd');
-for my $round (1 .. 3)
+# (Round 4 restores the custom format archive, round 5 a dump made with
+# --inserts.)
+my $dir_inserts = $node->basedir . '/src.ins';
+$node->command_ok([ 'pg_dump', '-Fd', '--inserts', '-f', $dir_inserts, '-d', 'src' ],
+	'pg_dump -Fd --inserts');
+for my $round (1 .. 5)
 {
 	$node->safe_psql('postgres', "CREATE DATABASE par$round");
-	$node->command_ok([ 'pg_restore', '--exit-on-error', '-j', '4', '-d', "par$round", $dir ],
+	$node->command_ok([ 'pg_restore', '--exit-on-error', '-j', '4', '-d', "par$round",
+		$round == 4 ? $dump : $round == 5 ? $dir_inserts : $dir ],
 		"pg_restore -j 4 passes the DDL guard (round $round)");
 	is($node->safe_psql("par$round",
 		'SELECT count(*) FROM tenancy.protected_tables'), '12',
@@ -125,6 +177,10 @@ for my $round (1 .. 3)
 	is($node->safe_psql("par$round",
 		'SELECT count(*) FROM tenancy._protected_problems()'),
 		'0', "and intact (round $round)");
+	is($node->safe_psql("par$round", $own_state), $own_expected,
+		"plans, tenants, quotas, rate limits and keys are restored (round $round)");
+	is($node->safe_psql("par$round", sprintf($auth, $keys[3], 'cargo')), 't',
+		"a key authenticates after the parallel restore (round $round)");
 }
 is($node->safe_psql('par1', q{
 SELECT set_config('app.tenant_id', tenancy.tenant_id('bolt')::text, false) IS NOT NULL;
