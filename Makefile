@@ -13,7 +13,7 @@ MODULE_big = tenancy
 # -- foundation: tenants and protected tables
 OBJS_CORE = src/tenancy.o src/protect.o src/commit.o src/refs.o
 REGRESS_CORE = preload tenants protect
-ISOLATION_CORE = protect_concurrent tenant_purge tenant_refs
+ISOLATION_CORE = protect_concurrent protect_restore_race tenant_purge tenant_refs
 DOCS_CORE = doc/tenancy.md doc/tenancy-concepts.md doc/tenancy-tenants.md
 
 # -- foundation: the tenant context

@@ -445,6 +445,9 @@ DELETE FROM q_meter.log WHERE body = 'a';
 SELECT resource, amount FROM tenancy.usage('q-edge', NULL, NULL) WHERE resource LIKE 'rows_%' ORDER BY 1;
 SET search_path = q_meter, public;
 SELECT resource, amount FROM tenancy.usage('q-edge', NULL, NULL) WHERE resource LIKE 'rows_%' ORDER BY 1;
+-- A name recorded by hand that prints the same is the same resource.
+SELECT tenancy.record_usage('rows_inserted:log', 5);
+SELECT resource, amount FROM tenancy.usage('q-edge', NULL, NULL) WHERE resource LIKE 'rows_%' ORDER BY 1;
 RESET search_path;
 BEGIN;
 SELECT tenancy._usage_flush();

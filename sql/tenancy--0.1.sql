@@ -918,8 +918,10 @@ $$;
 -- detached partition's rows now count for rows:<itself> (or its new
 -- root), no longer for its old root: its share is counted again.  Tables
 -- that were not intact before the command (known: a restore in progress)
--- are left alone.  Internal.
-CREATE FUNCTION tenancy._repair_triggers(known oid[]) RETURNS void
+-- are left alone, and so are tables that were not listed when the command
+-- started (listed by another session meanwhile: a parallel restore, whose
+-- next step creates those triggers).  Internal.
+CREATE FUNCTION tenancy._repair_triggers(known oid[], listed oid[]) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -941,7 +943,8 @@ BEGIN
                       AS present
                  FROM tenancy.protected_tables p
                  JOIN pg_class c ON c.oid OPERATOR(pg_catalog.=) p.relid
-                WHERE NOT p.relid::oid OPERATOR(pg_catalog.=) ANY (coalesce(known, '{}'))) x
+                WHERE NOT p.relid::oid OPERATOR(pg_catalog.=) ANY (coalesce(known, '{}'))
+                  AND p.relid::oid OPERATOR(pg_catalog.=) ANY (coalesce(listed, '{}'))) x
               WHERE x.present OPERATOR(pg_catalog.<) 4
               ORDER BY x.depth, x.relid LOOP
         PERFORM tenancy._attach_triggers(r.relid, r.tenant_column);
@@ -1087,7 +1090,7 @@ BEGIN
     -- Only ALTER TABLE (DETACH PARTITION) drops tenancy's triggers behind
     -- its back.
     IF altered THEN
-        PERFORM tenancy._repair_triggers(known);
+        PERFORM tenancy._repair_triggers(known, listed);
     END IF;
     -- Protected tables attached as partitions of a protected table (their
     -- own row triggers made way for the parent's at ddl_command_start):

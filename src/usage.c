@@ -1420,6 +1420,15 @@ tenancy_usage(PG_FUNCTION_ARGS)
 		Datum		values[3];
 		bool		nulls[3] = {false, false, false};
 
+		/*
+		 * Names that print alike are one resource (rows_inserted:t recorded
+		 * by hand and the meter of public.t, when public is on the path).
+		 */
+		if (i + 1 < nrows && usage_row_cmp(&rows[i], &rows[i + 1]) == 0)
+		{
+			rows[i + 1].amount = add_saturating(rows[i + 1].amount, rows[i].amount);
+			continue;
+		}
 		values[0] = TimestampTzGetDatum(rows[i].period_start);
 		values[1] = CStringGetTextDatum(rows[i].resource);
 		values[2] = Int64GetDatum(rows[i].amount);
