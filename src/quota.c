@@ -1501,41 +1501,17 @@ ledger_write(void)
 	tenancy_commit_write_end(!tenancy_guc_synchronous_quota_commit);
 }
 
-/* At commit of a purge: forget the shared counters of purged tenants. */
-static void
-reset_purged_entries(void)
-{
-	LWLock	   *lock = tenancy_shmem_lock(TENANCY_LOCK_QUOTA);
-	HASH_SEQ_STATUS seq;
-	QuotaEntry *e;
-
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	hash_seq_init(&seq, quota_hash);
-	while ((e = hash_seq_search(&seq)) != NULL)
-	{
-		if (e->key.dbid != MyDatabaseId || !tenant_purged(&e->key.tenant))
-			continue;
-		SpinLockAcquire(&e->mutex);
-		e->committed = 0;
-		entry_add_waiting(e, -e->waiting);
-		SpinLockRelease(&e->mutex);
-		if (e->pins == 0)
-			hash_search(quota_hash, &e->key, HASH_REMOVE, NULL);
-	}
-	quota_shared->evictions++;
-	LWLockRelease(lock);
-}
-
 /*
- * Forget the shared counters of this database, so that they are rebuilt
- * from the ledger when next used.  Entries that transactions in flight
- * have pinned are kept (a record of theirs points to them); so are, unless
- * all, entries with deltas waiting, as eviction keeps them.  With all (the
- * extension is being created: no ledger holds this database's usage yet),
- * waiting deltas go too and kept entries are emptied.
+ * Forget shared counters of this database (of purged tenants only, when
+ * purged_only), so that they are rebuilt from the ledger when next used.
+ * With empty, their usage and waiting deltas go first (a purge; the
+ * extension being created: no ledger holds this database's usage yet).
+ * Entries that transactions in flight have pinned are kept (a record of
+ * theirs points to them), emptied if asked; so are entries with deltas
+ * waiting, as eviction keeps them.
  */
 static void
-forget_database_entries(bool all)
+forget_entries(bool purged_only, bool empty)
 {
 	LWLock	   *lock = tenancy_shmem_lock(TENANCY_LOCK_QUOTA);
 	HASH_SEQ_STATUS seq;
@@ -1547,10 +1523,11 @@ forget_database_entries(bool all)
 	{
 		bool		keep;
 
-		if (e->key.dbid != MyDatabaseId)
+		if (e->key.dbid != MyDatabaseId ||
+			(purged_only && !tenant_purged(&e->key.tenant)))
 			continue;
 		SpinLockAcquire(&e->mutex);
-		if (all)
+		if (empty)
 		{
 			e->committed = 0;
 			entry_add_waiting(e, -e->waiting);
@@ -1574,7 +1551,7 @@ void
 tenancy_quota_forget_database(void)
 {
 	if (quota_shared != NULL)
-		forget_database_entries(true);
+		forget_entries(false, true);
 }
 
 static void
@@ -1602,9 +1579,9 @@ quota_xact_callback(XactEvent event, void *arg)
 				note_waiting(true);
 			taken_end(false);
 			if (purged_tenants != NIL)
-				reset_purged_entries();
+				forget_entries(true, true);	/* purged tenants' counters */
 			if (ledger_loaded)
-				forget_database_entries(false);
+				forget_entries(false, false);
 			/* fall through */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
