@@ -685,7 +685,6 @@ spi_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *values,
 			 const char *nulls, int expected, bool *isnull)
 {
 	Oid			relid = tenancy_relation_oid("api_keys", true);
-	HeapTuple	tp;
 	Oid			owner;
 	Oid			save_user;
 	int			save_sec;
@@ -695,11 +694,7 @@ spi_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *values,
 	*isnull = true;
 	if (!OidIsValid(relid))
 		elog(ERROR, "tenancy: relation tenancy.api_keys is missing");
-	tp = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(tp))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tp))->relowner;
-	ReleaseSysCache(tp);
+	owner = tenancy_relation_owner(relid, false);
 
 	GetUserIdAndSecContext(&save_user, &save_sec);
 	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);

@@ -226,20 +226,6 @@ raise_denied(Oid relid, const char *what)
 			 errhint("Authenticate with an API key whose scopes include this table.")));
 }
 
-/* The owner of a relation (InvalidOid when it is gone). */
-static Oid
-rel_owner(Oid relid)
-{
-	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tuple))
-		return InvalidOid;
-	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
-	return owner;
-}
-
 /* Does the security context carry ri_triggers.c's SECURITY_NOFORCE_RLS? */
 static bool
 noforce_rls(void)
@@ -294,7 +280,7 @@ is_ri_check(List *perms)
 			return false;
 		relid = p->relid;
 	}
-	return OidIsValid(relid) && rel_owner(relid) == GetUserId();
+	return OidIsValid(relid) && tenancy_relation_owner(relid, true) == GetUserId();
 }
 
 /*

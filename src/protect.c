@@ -265,7 +265,6 @@ tenancy_exec_as_owner(PG_FUNCTION_ARGS)
 {
 	Oid			relid;
 	char	   *query;
-	HeapTuple	tuple;
 	Oid			owner;
 	Oid			save_userid;
 	int			save_sec_context;
@@ -289,11 +288,7 @@ tenancy_exec_as_owner(PG_FUNCTION_ARGS)
 	else
 		values[0] = PG_GETARG_DATUM(2);
 
-	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "tenancy: cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
+	owner = tenancy_relation_owner(relid, false);
 
 	/* An error aborts the (sub)transaction, which restores all of this. */
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);

@@ -180,20 +180,6 @@ qualified(Oid relid)
 									  get_rel_name(relid));
 }
 
-/* The owner of a table. */
-static Oid
-table_owner(Oid relid)
-{
-	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "tenancy: cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
-	return owner;
-}
-
 /* The text form of a key value, for messages. */
 static char *
 value_text(Datum value, Oid type)
@@ -233,7 +219,7 @@ run_as_owner(Oid relid, const char *sql, int nargs, Oid *types, Datum *values,
 		cross = GetTransactionSnapshot();
 	}
 	GetUserIdAndSecContext(&save_user, &save_sec);
-	SetUserIdAndSecContext(table_owner(relid),
+	SetUserIdAndSecContext(tenancy_relation_owner(relid, false),
 						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_NOFORCE_RLS);
 	rc = SPI_execute_snapshot(plan, values, NULL, test, cross, false, true, limit);
 	SetUserIdAndSecContext(save_user, save_sec);

@@ -104,6 +104,7 @@ typedef struct TenancyTenant
 } TenancyTenant;
 
 extern Oid tenancy_relation_oid(const char *relname, bool missing_ok);
+extern Oid tenancy_relation_owner(Oid relid, bool missing_ok);
 extern bool tenancy_fetch_unique(Oid relid, Oid indexid, AttrNumber attno,
 								 RegProcedure eqproc, Oid collation, Datum value,
 								 bool fresh,

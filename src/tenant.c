@@ -31,6 +31,7 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_collation_d.h"
 #include "commands/trigger.h"
 #include "storage/lmgr.h"
@@ -43,6 +44,7 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "tenancy.h"
@@ -72,6 +74,28 @@ tenancy_relation_oid(const char *relname, bool missing_ok)
 	if (!OidIsValid(relid) && !missing_ok)
 		elog(ERROR, "tenancy: relation tenancy.%s is missing", relname);
 	return relid;
+}
+
+/*
+ * The owner of a relation (the extension's owner for its tables), whose
+ * rights tenancy's internal queries run with.  A relation that is gone:
+ * InvalidOid if missing_ok, else an error.
+ */
+Oid
+tenancy_relation_owner(Oid relid, bool missing_ok)
+{
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+	{
+		if (!missing_ok)
+			elog(ERROR, "tenancy: cache lookup failed for relation %u", relid);
+		return InvalidOid;
+	}
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
 }
 
 /*

@@ -685,20 +685,6 @@ usage_flush_due(bool *take_waiting)
 		(tenancy_guc_usage_flush_delay == 0 || !waiting_has_room(npending));
 }
 
-/* The owner of a relation (the extension's owner for its tables). */
-static Oid
-rel_owner(Oid relid)
-{
-	HeapTuple	tp = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tp))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tp))->relowner;
-	ReleaseSysCache(tp);
-	return owner;
-}
-
 /*
  * Write this transaction's sums and, if take_waiting, every waiting sum of
  * this database, in one INSERT, as the owner of tenancy.usage_events.  Only
@@ -768,7 +754,7 @@ usage_flush(bool take_waiting)
 		usage_rows_arrays(&rows, args);
 
 		GetUserIdAndSecContext(&save_userid, &save_sec);
-		SetUserIdAndSecContext(rel_owner(relid), save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		SetUserIdAndSecContext(tenancy_relation_owner(relid, false), save_sec | SECURITY_LOCAL_USERID_CHANGE);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		if (insert_plan == NULL)
@@ -1206,7 +1192,7 @@ require_key_admin_for_usage(void)
 	if (OidIsValid(relid))
 	{
 		GetUserIdAndSecContext(&save_userid, &save_sec);
-		SetUserIdAndSecContext(rel_owner(relid), save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		SetUserIdAndSecContext(tenancy_relation_owner(relid, false), save_sec | SECURITY_LOCAL_USERID_CHANGE);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		args[0] = UUIDPGetDatum(&key);
@@ -1363,7 +1349,7 @@ tenancy_usage(PG_FUNCTION_ARGS)
 		: PG_GETARG_DATUM(2);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(rel_owner(relid), save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	SetUserIdAndSecContext(tenancy_relation_owner(relid, false), save_sec | SECURITY_LOCAL_USERID_CHANGE);
 	save_nestlevel = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp",
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
