@@ -54,16 +54,29 @@ $$;
 -- A refusal is not transactional, nor is a take: a rolled back take
 -- stays taken.
 SELECT tenancy.set_tenant_rate_limit('r-beta', 'search', 0.001, 2);
+SELECT tenancy.set_tenant_rate_limit('r-beta', 'bulk', 0.001, 2);
 RESET app.tenant_id;
 SELECT tenancy.set_tenant('r-beta') IS NOT NULL;
 BEGIN;
 SELECT tenancy.check_rate('search');
 ROLLBACK;
 SELECT tenancy.check_rate('search'), tenancy.check_rate('search');
--- The cost must fit in the bucket.
-SELECT tenancy.check_rate('search', 3);
+-- A cost above the burst can never pass, even from a full bucket: it is
+-- refused like any other request (false, nothing taken, the denial
+-- counted), and enforce_rate's TQ002 says why.
+SELECT round(tokens::numeric, 2) AS tokens, burst FROM tenancy.rate_status('bulk');
+SELECT tenancy.check_rate('bulk', 3);
+SELECT tenancy.enforce_rate('bulk', 3);
+SELECT tenancy.enforce_rate('bulk', 2147483647);
+SELECT round(tokens::numeric, 2) AS tokens, burst FROM tenancy.rate_status('bulk');
+SELECT metric, labels, value FROM tenancy.stats
+ WHERE metric = 'tenancy_rate_limited_total' AND labels ->> 'resource' = 'bulk';
+SELECT resource, amount FROM tenancy.usage('r-beta', NULL, NULL) WHERE resource = 'rate_limited:bulk';
+SELECT tenancy.check_rate('bulk', 2), tenancy.check_rate('bulk', 1);
+-- A cost below 1 is an error.
 SELECT tenancy.check_rate('search', 0);
 SELECT tenancy.check_rate('search', NULL);
+SELECT tenancy.enforce_rate('search', -1);
 -- Buckets are per tenant, and r-beta's own limit overrides the plan's.
 SELECT round(tokens::numeric, 2) AS tokens, burst FROM tenancy.rate_status('search');
 

@@ -370,30 +370,28 @@ cost_arg(FunctionCallInfo fcinfo, int argno)
 
 /*
  * Common part of check_rate and enforce_rate: returns true when allowed,
- * else meters the denial and returns false with the wait.
+ * else meters the denial and returns false with the wait.  A cost above
+ * the burst is refused like any request that finds too few tokens (a
+ * bucket never holds more than its burst, so it could never pass): false,
+ * with *never set and nothing taken.
  */
 static bool
-rate_take(FunctionCallInfo fcinfo, RateKey *key, int64 *retry_ms,
-		  double *per_second, int *burst)
+rate_take(FunctionCallInfo fcinfo, RateKey *key, int *cost, int64 *retry_ms,
+		  double *per_second, int *burst, bool *never)
 {
 	char		resource[TENANCY_RESOURCE_LEN];
-	int			cost;
 
 	tenancy_shmem_require();
 	rate_resource_arg(fcinfo, 0, resource);
-	cost = cost_arg(fcinfo, 1);
+	*cost = cost_arg(fcinfo, 1);
 	make_key(key, tenancy_context_current(), resource);
 	*retry_ms = 0;
+	*never = false;
 	if (!rate_conf(key, per_second, burst))
 		return true;
-	if (cost > *burst)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("tenancy: cost %d is more than the burst of %d of resource \"%s\"",
-						cost, *burst, resource),
-				 errdetail("A bucket never holds more than its burst, so this request could never pass."),
-				 errhint("Split the request, or ask an administrator to raise the burst.")));
-	if (take_tokens(key, cost, *per_second, *burst, retry_ms))
+	if (*cost > *burst)
+		*never = true;
+	else if (take_tokens(key, *cost, *per_second, *burst, retry_ms))
 		return true;
 	{
 		char		denied[TENANCY_RESOURCE_LEN + 16];
@@ -413,26 +411,41 @@ Datum
 tenancy_check_rate(PG_FUNCTION_ARGS)
 {
 	RateKey		key;
+	int			cost;
 	int64		retry_ms;
 	double		per_second;
 	int			burst;
+	bool		never;
 
-	PG_RETURN_BOOL(rate_take(fcinfo, &key, &retry_ms, &per_second, &burst));
+	PG_RETURN_BOOL(rate_take(fcinfo, &key, &cost, &retry_ms, &per_second, &burst, &never));
 }
 
 /*
  * SQL: tenancy.enforce_rate(resource text, cost integer DEFAULT 1).  As
- * check_rate, raising TQ002 with the wait in the HINT when refused.
+ * check_rate, raising TQ002 with the wait in the HINT when refused; for a
+ * cost above the burst, which no wait would let pass, the HINT says so.
  */
 Datum
 tenancy_enforce_rate(PG_FUNCTION_ARGS)
 {
 	RateKey		key;
+	int			cost;
 	int64		retry_ms;
 	double		per_second;
 	int			burst;
+	bool		never;
 
-	if (!rate_take(fcinfo, &key, &retry_ms, &per_second, &burst))
+	if (rate_take(fcinfo, &key, &cost, &retry_ms, &per_second, &burst, &never))
+		PG_RETURN_VOID();
+	if (never)
+		ereport(ERROR,
+				(errcode(ERRCODE_TENANCY_RATE_LIMITED),
+				 errmsg("tenancy: rate limit exceeded for resource \"%s\"", key.resource),
+				 errdetail("The cost of %d is more than the burst of %d (the limit is %g per second): a bucket never holds more than its burst.",
+						   cost, burst, per_second),
+				 errhint("This cost can never be granted at once: split it into requests of at most %d, or ask an administrator to raise the burst.",
+						 burst)));
+	else
 		ereport(ERROR,
 				(errcode(ERRCODE_TENANCY_RATE_LIMITED),
 				 errmsg("tenancy: rate limit exceeded for resource \"%s\"", key.resource),
