@@ -153,6 +153,26 @@ SET tenancy.soft_limit_ratio = 0.9;
 SELECT used, health FROM tenancy.check_quota('api_calls');
 RESET tenancy.soft_limit_ratio;
 SELECT allowed, reason FROM tenancy.check_quota('api_calls', 2);
+-- Exactly at the ratio is warning: 7 of 100 at 0.07 and 56 of 100 at 0.56
+-- (whose products 0.07 * 100 and 0.56 * 100 round above 7 and 56).
+RESET app.tenant_id;
+SELECT tenancy.create_tenant('q-ratio') IS NOT NULL AS ratio;
+SELECT tenancy.set_tenant_quota('q-ratio', 'ratio_calls', 100);
+SELECT tenancy.set_tenant('q-ratio') IS NOT NULL;
+SET tenancy.soft_limit_ratio = 0.07;
+SELECT tenancy.consume_quota('ratio_calls', 6);
+SELECT used, quota_limit, health FROM tenancy.check_quota('ratio_calls');
+SELECT tenancy.consume_quota('ratio_calls', 1);
+SELECT used, quota_limit, health FROM tenancy.check_quota('ratio_calls');
+SET tenancy.soft_limit_ratio = 0.56;
+SELECT tenancy.consume_quota('ratio_calls', 48);
+SELECT used, quota_limit, health FROM tenancy.check_quota('ratio_calls');
+SELECT tenancy.consume_quota('ratio_calls', 1);
+SELECT used, quota_limit, health FROM tenancy.check_quota('ratio_calls');
+SELECT resource, used, health FROM tenancy.quota_usage();
+RESET tenancy.soft_limit_ratio;
+RESET app.tenant_id;
+SELECT tenancy.delete_tenant('q-ratio'), tenancy.purge_tenant('q-ratio');
 
 -- A tenant's own limit overrides its plan's; clearing it restores it.
 RESET app.tenant_id;

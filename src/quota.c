@@ -1940,11 +1940,17 @@ quota_check_tuple(TupleDesc desc, const pg_uuid_t *tenant, const char *resource,
 	else
 		allowed = st->inflight <= st->limit && amount <= st->limit - st->inflight;
 
+	/*
+	 * The share used is compared as a quotient: used / limit is rounded
+	 * once, as the ratio was when it was read, so exactly at the ratio
+	 * (7 of 100 at 0.07) is warning; ratio * limit would be rounded
+	 * differently (0.07 * 100 = 7.000000000000001).  limit > 0 here.
+	 */
 	if (!st->has_limit)
 		health = "good";
 	else if (st->used >= st->limit)
 		health = "critical";
-	else if ((double) st->used >= tenancy_guc_soft_limit_ratio * (double) st->limit)
+	else if ((double) st->used / (double) st->limit >= tenancy_guc_soft_limit_ratio)
 		health = "warning";
 	else
 		health = "good";
