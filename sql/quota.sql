@@ -106,6 +106,15 @@ COMMIT;
 SELECT tenancy.consume_quota('api_calls', 2);                     -- 4 + 2 > 5
 SELECT tenancy.consume_quota('api_calls', 1);
 SELECT resource, used, quota_limit, remaining, health FROM tenancy.check_quota('api_calls');
+-- At the limit, what this transaction gives back is room for itself at
+-- once: check_quota's allowed and remaining say so, as consume_quota
+-- grants it.
+BEGIN;
+SELECT tenancy.release_quota('api_calls', 1);
+SELECT allowed, used, remaining, reason FROM tenancy.check_quota('api_calls');
+SELECT tenancy.consume_quota('api_calls', 1);
+SELECT allowed, used, remaining, reason FROM tenancy.check_quota('api_calls');
+ROLLBACK;
 -- (quota-only commits leave their deltas waiting in shared memory: write
 -- them to the ledger now, to look at it; the ledger section below tests that)
 SELECT FROM tenancy._usage_flush();

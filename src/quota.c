@@ -912,19 +912,22 @@ own_total(QuotaEntry *e, bool give_back)
  * the reservation goes too.  Every record alive belongs to a
  * subtransaction that is still open, so an ancestor of the current one,
  * whose abort would take this reservation along.  Returns false, with the
- * committed usage in *used, when it does not fit.
+ * committed usage in *used and what other transactions in flight have
+ * reserved in *others, when it does not fit.
  */
 static bool
-pending_reserve(Pending *p, int64 amount, bool has_limit, int64 limit, int64 *used)
+pending_reserve(Pending *p, int64 amount, bool has_limit, int64 limit,
+				int64 *used, int64 *others)
 {
 	QuotaEntry *e = p->entry;
 	bool		ok;
 	int64		credit = 0;
+	int64		inflight = 0;
 
+	*others = 0;
 	for (int attempt = 0; attempt < 2; attempt++)
 	{
 		int64		total;
-		int64		inflight;
 		bool		overflow;
 
 		SpinLockAcquire(&e->mutex);
@@ -954,6 +957,8 @@ pending_reserve(Pending *p, int64 amount, bool has_limit, int64 limit, int64 *us
 	}
 	if (ok)
 		p->pos += amount;
+	else						/* reserved holds this transaction's own too */
+		*others = Max(inflight - own_total(e, false), 0);
 	return ok;
 }
 
@@ -1661,15 +1666,27 @@ quota_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 
 /* ---------- the internal API ---------- */
 
+/*
+ * TQ001 for amount more of resource: used is the usage the caller's
+ * transaction sees, others what other transactions in flight hold on the
+ * counter (reserved, not yet committed), named only when there is some.
+ */
 static void
 raise_quota_exceeded(const pg_uuid_t *tenant, const char *resource,
-					 int64 used, int64 amount, int64 limit)
+					 int64 used, int64 others, int64 amount, int64 limit)
 {
 	char		denied[TENANCY_RESOURCE_LEN + 16];
 
 	snprintf(denied, sizeof(denied), "quota_denied:%s", resource);
 	tenancy_usage_record(tenant, denied, 1, true);
 	resource = tenancy_display_resource(resource);
+	if (others > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_TENANCY_QUOTA_EXCEEDED),
+				 errmsg("tenancy: quota exceeded for resource \"%s\"", resource),
+				 errdetail("Tenant \"%s\", resource \"%s\": used " INT64_FORMAT ", held by transactions in progress " INT64_FORMAT ", amount " INT64_FORMAT ", limit " INT64_FORMAT ".",
+						   tenant_label(tenant), resource, used, others, amount, limit),
+				 errhint("Free some usage, wait for the transactions in progress to end, or ask an administrator to raise the limit with tenancy.set_tenant_quota().")));
 	ereport(ERROR,
 			(errcode(ERRCODE_TENANCY_QUOTA_EXCEEDED),
 			 errmsg("tenancy: quota exceeded for resource \"%s\"", resource),
@@ -1693,6 +1710,7 @@ quota_add_cached(TenancyQuotaCache *c, const pg_uuid_t *tenant,
 	Pending    *p = NULL;
 	uint64		gen = tenancy_shmem_generation();
 	int64		used;
+	int64		others;
 	TenancyQuotaCache local;
 
 	if (delta == 0)
@@ -1736,8 +1754,9 @@ quota_add_cached(TenancyQuotaCache *c, const pg_uuid_t *tenant,
 	{
 		if (!enforce)
 			pending_force(p, delta);
-		else if (!pending_reserve(p, delta, c->has_limit, c->limit, &used))
-			raise_quota_exceeded(tenant, resource, used + own_net(p->entry), delta, c->limit);
+		else if (!pending_reserve(p, delta, c->has_limit, c->limit, &used, &others))
+			raise_quota_exceeded(tenant, resource, used + own_net(p->entry), others,
+								 delta, c->limit);
 	}
 	else
 		pending_release(p, -delta, true);
@@ -1833,7 +1852,8 @@ tenancy_quota_forget_relation(Oid relid)
 typedef struct QuotaState
 {
 	int64		used;			/* committed + this transaction's own net */
-	int64		inflight;		/* reserved by every transaction in flight */
+	int64		others;			/* reserved by other transactions in flight */
+	int64		inflight;		/* committed + reserved by every transaction */
 	bool		has_limit;
 	int64		limit;
 } QuotaState;
@@ -1870,6 +1890,7 @@ quota_state(const pg_uuid_t *tenant, const char *resource, QuotaState *st)
 	if (strcmp(resource, "api_keys") == 0)
 	{
 		st->used = count_api_keys(tenant, false);
+		st->others = 0;
 		st->inflight = 0;
 	}
 	else
@@ -1877,17 +1898,45 @@ quota_state(const pg_uuid_t *tenant, const char *resource, QuotaState *st)
 		QuotaKey	key;
 		int64		committed;
 		int64		reserved;
-		int64		mine = 0;
+		int64		mine_pos = 0;
+		int64		mine_neg = 0;
 
 		make_key(&key, tenant, resource, period_start(period));
 		entry_peek(&key, &committed, &reserved);
 		for (int i = 0; i < npending; i++)
 			if (memcmp(&pending[i].entry->key, &key, sizeof(QuotaKey)) == 0)
-				mine += pending[i].pos - pending[i].neg;
-		st->used = Max(committed + mine, 0);
-		/* allowed also counts what others reserved but did not commit */
-		st->inflight = committed + reserved;
+			{
+				mine_pos += pending[i].pos;
+				mine_neg += pending[i].neg;
+			}
+		st->used = Max(committed + mine_pos - mine_neg, 0);
+
+		/*
+		 * What other transactions have reserved and not committed counts
+		 * against the limit as consume_quota() counts it (reserved holds
+		 * this transaction's own reservations too, already in used).
+		 */
+		st->others = Max(reserved - mine_pos, 0);
+		/* without a limit, only bigint's range refuses */
+		if (pg_add_s64_overflow(committed, reserved, &st->inflight))
+			st->inflight = PG_INT64_MAX;
 	}
+}
+
+/*
+ * How much more a limited counter grants now: the limit less the usage
+ * this transaction sees and what other transactions in flight hold, never
+ * below 0.  consume_quota() grants exactly an amount <= this (its credit
+ * for this transaction's own releases is in used).
+ */
+static int64
+quota_room(const QuotaState *st)
+{
+	int64		load;
+
+	if (pg_add_s64_overflow(st->used, st->others, &load) || load >= st->limit)
+		return 0;
+	return st->limit - load;
 }
 
 /*
@@ -1935,10 +1984,8 @@ quota_check_tuple(TupleDesc desc, const pg_uuid_t *tenant, const char *resource,
 	memcpy(t, tenant, sizeof(pg_uuid_t));
 	if (!st->has_limit)
 		allowed = st->inflight <= 0 || amount <= PG_INT64_MAX - st->inflight;
-	else if (strcmp(resource, "api_keys") == 0)
-		allowed = st->used <= st->limit && amount <= st->limit - st->used;
 	else
-		allowed = st->inflight <= st->limit && amount <= st->limit - st->inflight;
+		allowed = amount <= quota_room(st);
 
 	/*
 	 * The share used is compared as a quotient: used / limit is rounded
@@ -1962,7 +2009,7 @@ quota_check_tuple(TupleDesc desc, const pg_uuid_t *tenant, const char *resource,
 	if (st->has_limit)
 	{
 		values[4] = Int64GetDatum(st->limit);
-		values[5] = Int64GetDatum(Max(st->limit - st->used, 0));
+		values[5] = Int64GetDatum(quota_room(st));
 	}
 	else
 		nulls[4] = nulls[5] = true;
@@ -1974,6 +2021,12 @@ quota_check_tuple(TupleDesc desc, const pg_uuid_t *tenant, const char *resource,
 												 INT64_FORMAT " more would take it past " INT64_FORMAT ", the most a counter holds.",
 												 tenant_label(tenant), st->used, tenancy_display_resource(resource),
 												 amount, PG_INT64_MAX));
+	else if (st->others > 0)
+		values[7] = CStringGetTextDatum(psprintf("Tenant \"%s\" has used " INT64_FORMAT " of resource \"%s\" "
+												 "and transactions in progress hold " INT64_FORMAT " more; "
+												 INT64_FORMAT " more would pass its limit of " INT64_FORMAT ".",
+												 tenant_label(tenant), st->used, tenancy_display_resource(resource),
+												 st->others, amount, st->limit));
 	else
 		values[7] = CStringGetTextDatum(psprintf("Tenant \"%s\" has used " INT64_FORMAT " of resource \"%s\"; "
 												 INT64_FORMAT " more would pass its limit of " INT64_FORMAT ".",
@@ -2107,13 +2160,14 @@ tenancy_consume_quota(PG_FUNCTION_ARGS)
 {
 	ExplicitCall call;
 	int64		used;
+	int64		others;
 
 	explicit_call(fcinfo, "consume_quota", &call);
 	if (call.amount > 0)
 	{
-		if (!pending_reserve(call.p, call.amount, call.has_limit, call.limit, &used))
+		if (!pending_reserve(call.p, call.amount, call.has_limit, call.limit, &used, &others))
 			raise_quota_exceeded(&call.tenant, call.resource, used + own_net(call.p->entry),
-								 call.amount, call.limit);
+								 others, call.amount, call.limit);
 		tenancy_usage_record(&call.tenant, call.resource, call.amount, false);
 	}
 	PG_RETURN_INT64(visible_usage(call.p));
@@ -2227,7 +2281,8 @@ tenancy_quota_usage(PG_FUNCTION_ARGS)
  * take or block it with pg_advisory_lock()) and the keys counted with a
  * fresh snapshot, so concurrent
  * creations cannot pass the limit at any isolation level.  For counters it
- * checks committed and reserved usage without taking anything.
+ * checks as check_quota() does (committed usage, this transaction's own
+ * and what other transactions in flight hold), without taking anything.
  */
 Datum
 tenancy_require_quota(PG_FUNCTION_ARGS)
@@ -2263,18 +2318,15 @@ tenancy_require_quota(PG_FUNCTION_ARGS)
 		(void) LockAcquire(&tag, ExclusiveLock, false, false);
 		used = count_api_keys(&tenant, true);
 		if (used > limit || amount > limit - used)
-			raise_quota_exceeded(&tenant, resource, used, amount, limit);
+			raise_quota_exceeded(&tenant, resource, used, 0, amount, limit);
 	}
 	else
 	{
-		QuotaKey	key;
-		int64		committed;
-		int64		reserved;
+		QuotaState	st;
 
-		make_key(&key, &tenant, resource, period_start(period));
-		entry_peek(&key, &committed, &reserved);
-		if (committed + reserved > limit || amount > limit - (committed + reserved))
-			raise_quota_exceeded(&tenant, resource, committed, amount, limit);
+		quota_state(&tenant, resource, &st);
+		if (amount > quota_room(&st))
+			raise_quota_exceeded(&tenant, resource, st.used, st.others, amount, limit);
 	}
 	PG_RETURN_VOID();
 }
