@@ -183,6 +183,46 @@ RESET tenancy.soft_limit_ratio;
 RESET app.tenant_id;
 SELECT tenancy.delete_tenant('q-ratio'), tenancy.purge_tenant('q-ratio');
 
+-- Changing a limit's period: usage is kept per period start, so the
+-- counter of the new period holds only what was recorded with that same
+-- start, and the old usage comes back with the old period (doc, "Changing
+-- a limit's period").
+SELECT tenancy.create_tenant('q-period') IS NOT NULL AS period;
+SELECT tenancy.tenant_id('q-period') AS period_id \gset
+SELECT tenancy.set_tenant_quota('q-period', 'reports', 10);          -- running total
+SELECT tenancy.set_tenant('q-period') IS NOT NULL;
+SELECT tenancy.consume_quota('reports', 4);
+RESET app.tenant_id;
+-- running total -> day: today's counter starts at 0, a whole limit free
+SELECT tenancy.set_tenant_quota('q-period', 'reports', 10, 'day');
+SELECT used, remaining FROM tenancy.check_quota('reports', tenant => 'q-period');
+SELECT tenancy.set_tenant('q-period') IS NOT NULL;
+SELECT tenancy.consume_quota('reports', 10);
+RESET app.tenant_id;
+-- day -> month: the month's counter starts at 0, except on the first day
+-- of a month (UTC), whose start is the month's
+SELECT tenancy.set_tenant_quota('q-period', 'reports', 10, 'month');
+SELECT used = CASE WHEN date_trunc('day', now() AT TIME ZONE 'UTC')
+                      = date_trunc('month', now() AT TIME ZONE 'UTC')
+                   THEN 10 ELSE 0 END AS as_documented
+  FROM tenancy.check_quota('reports', tenant => 'q-period');
+-- back to a running total: the old total, without what was consumed
+-- under the period
+SELECT tenancy.set_tenant_quota('q-period', 'reports', 10);
+SELECT used, remaining FROM tenancy.check_quota('reports', tenant => 'q-period');
+-- back to day, the same day: today's usage again
+SELECT tenancy.set_tenant_quota('q-period', 'reports', 10, 'day');
+SELECT used, remaining FROM tenancy.check_quota('reports', tenant => 'q-period');
+-- the ledger keeps each usage under its own period start
+SELECT FROM tenancy._usage_flush();
+SELECT period_start = '-infinity' AS running_total,
+       period_start = date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS today,
+       sum(delta) AS usage
+  FROM tenancy.quota_ledger
+ WHERE tenant_id = :'period_id' AND resource = 'reports'
+ GROUP BY period_start ORDER BY period_start;
+SELECT tenancy.delete_tenant('q-period'), tenancy.purge_tenant('q-period');
+
 -- A tenant's own limit overrides its plan's; clearing it restores it.
 RESET app.tenant_id;
 SELECT tenancy.set_tenant_quota('q-acme', 'api_calls', 100, 'day');
