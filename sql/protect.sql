@@ -679,6 +679,11 @@ CREATE TABLE regress_s.auto_parted (id int, tenant_id uuid) PARTITION BY LIST (i
 CREATE TABLE regress_s.auto_parted_1 PARTITION OF regress_s.auto_parted FOR VALUES IN (1);
 CREATE TABLE regress_s.auto_as AS SELECT 1 AS id, NULL::uuid AS tenant_id WHERE false;
 CREATE TEMP TABLE auto_temp (id int, tenant_id uuid);
+-- Not in a session that runs with row_security off, as pg_restore does:
+-- a restore brings the protection of its tables back from the dump.
+SET row_security = off;
+CREATE TABLE regress_s.auto_restored (id int, tenant_id uuid);
+RESET row_security;
 SELECT relname, p.tenant_column AS protected_by
   FROM pg_class c LEFT JOIN tenancy.protected_tables p ON p.relid = c.oid
  WHERE c.relname = 'auto_temp';
@@ -691,6 +696,11 @@ SELECT c.relname, p.tenant_column AS protected_by
  WHERE c.relname LIKE 'auto\_%' AND c.relkind IN ('r', 'p')
  ORDER BY 1;
 SELECT * FROM regress_state('regress_s.auto_yes') WHERE what IN ('rls', 'column');
+-- A generated tenant column cannot take the default: 55000, with a HINT.
+CREATE TABLE regress_s.gen (id int, tenant_id uuid GENERATED ALWAYS AS ('00000000-0000-0000-0000-000000000001'::uuid) STORED);
+SELECT regress_try($$SELECT tenancy.protect('regress_s.gen')$$);
+SELECT count(*) AS gen_listed FROM tenancy.protected_tables WHERE relid = 'regress_s.gen'::regclass;
+DROP TABLE regress_s.gen;
 
 ----------------------------------------------------------------------
 -- Hostile identifiers

@@ -656,7 +656,7 @@ BEGIN
                   HINT = 'Rename the policy so that its name sorts after tenancy_isolation (for example with a prefix "zz_").';
     END IF;
 
-    SELECT a.attnum, a.atttypid, a.attnotnull INTO att
+    SELECT a.attnum, a.atttypid, a.attnotnull, a.attgenerated INTO att
       FROM pg_attribute a
      WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) tenant_column
        AND NOT a.attisdropped AND a.attnum OPERATOR(pg_catalog.>) 0;
@@ -665,6 +665,13 @@ BEGIN
         RAISE EXCEPTION 'tenancy: column "%" of % must be of type uuid', tenant_column, tbl
             USING ERRCODE = '42804', DETAIL = format('It is of type %s.', format_type(att.atttypid, NULL)),
                   HINT = 'Convert it with ALTER TABLE ... ALTER COLUMN ... TYPE uuid, or name another column.';
+    END IF;
+    -- The column must take its default, tenancy.current_tenant_id().
+    IF has_column AND att.attgenerated OPERATOR(pg_catalog.<>) '' THEN
+        RAISE EXCEPTION 'tenancy: column "%" of % is a generated column', tenant_column, tbl
+            USING ERRCODE = '55000',
+                  DETAIL = 'A protected table''s tenant column defaults to tenancy.current_tenant_id(); a generated column cannot have a default.',
+                  HINT = format('Drop the generation expression first: ALTER TABLE %s ALTER COLUMN %I DROP EXPRESSION.', tbl, tenant_column);
     END IF;
 
     IF NOT has_column OR NOT att.attnotnull THEN
@@ -1061,6 +1068,9 @@ BEGIN
            AND cmd.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
            AND cmd.objsubid OPERATOR(pg_catalog.=) 0
            AND pg_catalog.current_setting('tenancy.auto_protect')::boolean
+           -- Not while pg_restore (or pg_dump's SQL) recreates tables: the
+           -- dump brings their protection back itself.
+           AND pg_catalog.current_setting('row_security')::boolean
            AND EXISTS (SELECT FROM pg_class c
                          JOIN pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
                          JOIN pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid

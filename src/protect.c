@@ -37,6 +37,7 @@
 #include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/elog.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -56,6 +57,7 @@ PG_FUNCTION_INFO_V1(tenancy_ddl_prior_listed);
 
 /* Set by protect()/unprotect() for the DDL they run; reset on any abort. */
 static bool ddl_bypass = false;
+static emit_log_hook_type prev_emit_log_hook = NULL;
 
 /*
  * The protected tables that were already not intact when a guarded DDL
@@ -106,11 +108,48 @@ protect_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	}
 }
 
+/*
+ * emit_log_hook: when PostgreSQL's own row level security check refuses a
+ * row because of a protected table's isolation policy (the WITH CHECK of a
+ * row the row guard did not see, or the USING check of INSERT ... ON
+ * CONFLICT DO UPDATE and MERGE on another tenant's row), the message gets
+ * the "tenancy: " prefix and a HINT, like every other refusal of tenancy.
+ * The message is matched on its untranslated form; the SQLSTATE (42501)
+ * is PostgreSQL's.
+ */
+static void
+tenancy_rls_emit_log(ErrorData *edata)
+{
+	if (edata->elevel >= ERROR &&
+		edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE &&
+		edata->message_id != NULL && edata->message != NULL &&
+		strstr(edata->message_id, "row violates row-level security policy \"%s\"") != NULL &&
+		strstr(edata->message, "\"tenancy_isolation\"") != NULL &&
+		strncmp(edata->message, "tenancy: ", 9) != 0)
+	{
+		bool		using_check = strstr(edata->message_id, "(USING expression)") != NULL;
+
+		edata->message = psprintf("tenancy: %s", edata->message);
+		if (edata->detail == NULL)
+			edata->detail = pstrdup(using_check ?
+									"The row to update or delete belongs to another tenant." :
+									"A protected table takes only rows of the session's tenant.");
+		if (edata->hint == NULL)
+			edata->hint = pstrdup(using_check ?
+								  "Rows of other tenants cannot be changed from this session." :
+								  "Omit the tenant column: it defaults to tenancy.current_tenant_id().");
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
 void
 tenancy_protect_init(void)
 {
 	RegisterXactCallback(protect_xact_callback, NULL);
 	RegisterSubXactCallback(protect_subxact_callback, NULL);
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = tenancy_rls_emit_log;
 }
 
 /*
@@ -190,7 +229,15 @@ tenancy_row_guard(PG_FUNCTION_ARGS)
 	{
 		const pg_uuid_t *tenant = tenancy_context_current();
 
-		if (!isnull && memcmp(DatumGetUUIDP(value)->data, tenant->data, UUID_LEN) != 0)
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("tenancy: new row has no tenant"),
+					 errdetail("Column \"%s\" of a row written to \"%s\" is NULL.",
+							   trigdata->tg_trigger->tgargs[0],
+							   RelationGetRelationName(trigdata->tg_relation)),
+					 errhint("Omit the column: it defaults to tenancy.current_tenant_id().")));
+		if (memcmp(DatumGetUUIDP(value)->data, tenant->data, UUID_LEN) != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("tenancy: new row belongs to another tenant"),

@@ -214,5 +214,34 @@ is($node->safe_psql('dst',
 	'SELECT count(*) FROM tenancy._protected_problems()'),
 	'0', 'the parent is intact again');
 
+# A database with tenancy.auto_protect on, dumped with -C (the dump sets
+# auto_protect for the restored database): the restore does not protect
+# its tables a second time, keeps the audit log, and counts each row once.
+$node->safe_psql('postgres', 'CREATE DATABASE apsrc');
+$node->safe_psql('postgres', 'ALTER DATABASE apsrc SET tenancy.auto_protect = on');
+$node->safe_psql('apsrc', q{
+CREATE EXTENSION tenancy CASCADE;
+SELECT tenancy.create_tenant('acme');
+CREATE TABLE items (id int, tenant_id uuid);
+SELECT set_config('app.tenant_id', tenancy.tenant_id('acme')::text, false) IS NOT NULL;
+INSERT INTO items (id) VALUES (1), (2);
+});
+my $ap_state = q{
+SELECT (SELECT string_agg(relid::text, ',') FROM tenancy.protected_tables),
+       (SELECT count(*) FROM tenancy.audit_log),
+       (SELECT used FROM tenancy.check_quota('rows:items', tenant => 'acme')),
+       (SELECT count(*) FROM items)};
+my $ap_before = $node->safe_psql('apsrc', $ap_state);
+is($ap_before, 'items|2|2|2', 'auto_protect protected the table');
+my $ap_dump = $node->basedir . '/apsrc.dump';
+$node->command_ok([ 'pg_dump', '-Fc', '-C', '-f', $ap_dump, '-d', 'apsrc' ], 'pg_dump -C');
+$node->safe_psql('postgres', 'DROP DATABASE apsrc');
+$node->command_ok([ 'pg_restore', '--exit-on-error', '-C', '-d', 'postgres', $ap_dump ],
+	'pg_restore -C of a database with auto_protect on');
+is($node->safe_psql('apsrc', $ap_state), $ap_before,
+	'the same protected tables, audit log and row usage after the restore');
+is($node->safe_psql('apsrc', 'SELECT count(*) FROM tenancy._protected_problems()'),
+	'0', 'and the table is intact');
+
 $node->stop;
 done_testing();
