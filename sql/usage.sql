@@ -150,6 +150,13 @@ SELECT * FROM before_rollup ORDER BY 1, 2, 3;
 -- The granularity defaults to day; NULL bounds are open.
 SELECT * FROM tenancy.usage('usage-c', NULL, NULL);
 SELECT * FROM tenancy.usage('usage-c', '2024-02-01 00:00+00', '2024-02-01 00:00+00', 'hour');
+-- Every period that overlaps [since, until): the hour of a one-minute window.
+SELECT * FROM tenancy.usage('usage-c', '2024-02-01 00:30+00', '2024-02-01 00:31+00', 'hour');
+-- An empty or reversed window (since >= until) overlaps no period.
+SELECT * FROM tenancy.usage('usage-c', '2024-02-01 00:30+00', '2024-02-01 00:30+00', 'hour');
+SELECT * FROM tenancy.usage('usage-c', '2024-02-01 12:00+00', '2024-02-01 07:00+00', 'day');
+SELECT * FROM tenancy.usage('usage-c', '2024-02-02 00:00+00', '2024-01-01 00:00+00', 'month');
+SELECT * FROM tenancy.usage('usage-c', 'infinity', 'infinity');
 
 -- rollup_usage() folds every event once and returns how many it folded.
 SELECT tenancy.rollup_usage() > 0 AS folded_some;

@@ -1268,10 +1268,12 @@ unwritten_arrays(const pg_uuid_t *tenant, Datum *resources, Datum *ats, Datum *a
  * resource text, amount bigint).
  *
  * The periods (UTC) whose start lies in [date_trunc(granularity, since),
- * until), from the rollups plus the events not yet folded, so the answer
- * does not depend on when rollup_usage() last ran.  NULL since or until:
- * unbounded.  This backend's own records are written first (at top level),
- * so they are included.
+ * until), i.e. that overlap [since, until), from the rollups plus the
+ * events not yet folded, so the answer does not depend on when
+ * rollup_usage() last ran.  NULL since or until: unbounded.  An empty or
+ * reversed window (since >= until) overlaps no period: no rows.  The
+ * waiting sums of every session and this transaction's own records (what
+ * it would commit now, subtransactions included) are added.
  */
 typedef struct UsageRow
 {
@@ -1327,6 +1329,11 @@ tenancy_usage(PG_FUNCTION_ARGS)
 	require_key_admin_for_usage();
 
 	tupstore = materialize_srf(fcinfo, &tupdesc);
+
+	/* [since, until) is empty: no period overlaps it. */
+	if (!PG_ARGISNULL(1) && !PG_ARGISNULL(2) &&
+		PG_GETARG_TIMESTAMPTZ(1) >= PG_GETARG_TIMESTAMPTZ(2))
+		return (Datum) 0;
 
 	relid = tenancy_relation_oid("usage_events", true);
 	if (!OidIsValid(relid))
