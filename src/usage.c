@@ -1216,8 +1216,8 @@ require_key_admin_for_usage(void)
 /*
  * What is recorded for a tenant in this database but not written: the
  * waiting sums of every session (stamped with their first record) and
- * this transaction's own records (stamped with its start), as three
- * arrays: resource, time, amount.
+ * this transaction's own records of every live subtransaction level
+ * (stamped with its start), as three arrays: resource, time, amount.
  */
 static void
 unwritten_arrays(const pg_uuid_t *tenant, Datum *resources, Datum *ats, Datum *amounts)
@@ -1248,7 +1248,11 @@ unwritten_arrays(const pg_uuid_t *tenant, Datum *resources, Datum *ats, Datum *a
 			usage_rows_add(&rows, tenant, entry->key.resource, at, amount);
 	}
 	LWLockRelease(&usage_shared->lock);
-	if (pending != NULL && GetCurrentTransactionNestLevel() == 1)
+	/*
+	 * Every live subtransaction level counts: what the transaction would
+	 * commit now (a rolled-back level's entries are already gone).
+	 */
+	if (pending != NULL)
 	{
 		hash_seq_init(&status, pending);
 		while ((p = hash_seq_search(&status)) != NULL)
