@@ -2160,11 +2160,19 @@ END
 $$;
 
 -- Register run_maintenance() with pg_cron, as the job 'tenancy-maintenance'
--- of this database.  Calling it again updates the schedule.
+-- of this database.  Calling it again updates the schedule.  A schedule
+-- pg_cron refuses (its 22023) is reported as tenancy's own 22023, with
+-- pg_cron's message in the DETAIL and the syntax the installed pg_cron
+-- accepts in the HINT (interval schedules such as '30 seconds' from 1.5).
 CREATE FUNCTION tenancy.schedule_maintenance(schedule text DEFAULT '* * * * *') RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    cron_message text;
+    cron_version text;
+    syntax text;
+    fields integer;
 BEGIN
     IF schedule IS NULL OR schedule OPERATOR(pg_catalog.=) '' THEN
         RAISE EXCEPTION 'tenancy: schedule must not be null or empty'
@@ -2178,8 +2186,35 @@ BEGIN
                          'restart, and run CREATE EXTENSION pg_cron; or call tenancy.run_maintenance() '
                          'from another scheduler.';
     END IF;
-    EXECUTE 'SELECT cron.schedule($1, $2, $3)'
-        USING 'tenancy-maintenance', schedule, 'SELECT tenancy.run_maintenance()';
+    SELECT e.extversion INTO cron_version FROM pg_extension e
+     WHERE e.extname OPERATOR(pg_catalog.=) 'pg_cron';
+    syntax := 'Pass five cron fields (minute hour day-of-month month day-of-week), '
+              'such as ''* * * * *'' (every minute) or ''*/5 * * * *'' (every five minutes), '
+              'or @hourly, @daily, @weekly or @monthly'
+              OPERATOR(pg_catalog.||)
+              CASE WHEN cron_version IN ('1.0', '1.1', '1.2', '1.3', '1.4', '1.4-1')
+                   THEN '.'
+                   ELSE '; or an interval of 1 to 59 seconds, such as ''30 seconds''.' END;
+    -- pg_cron reads five fields and ignores any more (a sixth, for seconds
+    -- as some schedulers have it, would silently mean something else).
+    fields := pg_catalog.array_length(pg_catalog.regexp_split_to_array(pg_catalog.btrim(schedule), '\s+'), 1);
+    IF fields OPERATOR(pg_catalog.>) 5 AND pg_catalog.left(pg_catalog.btrim(schedule), 1) OPERATOR(pg_catalog.<>) '@' THEN
+        RAISE EXCEPTION 'tenancy: invalid schedule "%"', schedule
+            USING ERRCODE = '22023',
+                  DETAIL = format('It has %s fields; pg_cron would read the first five and ignore the rest.', fields),
+                  HINT = syntax;
+    END IF;
+    BEGIN
+        EXECUTE 'SELECT cron.schedule($1, $2, $3)'
+            USING 'tenancy-maintenance', schedule, 'SELECT tenancy.run_maintenance()';
+    EXCEPTION WHEN invalid_parameter_value THEN
+        -- The job name and command are tenancy's: pg_cron refused the schedule.
+        GET STACKED DIAGNOSTICS cron_message = MESSAGE_TEXT;
+        RAISE EXCEPTION 'tenancy: invalid schedule "%"', schedule
+            USING ERRCODE = '22023',
+                  DETAIL = format('pg_cron %s refused it: %s.', cron_version, cron_message),
+                  HINT = syntax;
+    END;
     PERFORM tenancy._audit('maintenance.schedule', NULL, 'tenancy-maintenance',
                            jsonb_build_object('schedule', schedule));
 END
