@@ -194,6 +194,19 @@ SELECT metric, labels, value FROM tenancy.stats
  WHERE metric IN ('tenancy_tenants', 'tenancy_api_keys_active')
     OR labels ->> 'resource' IN ('rows:public.t', 'api', 'other')
  ORDER BY 1, 2::text COLLATE "C";
+-- Quota usage ratios: used / limit; a limit of 0 (health critical) is 1
+-- with nothing used and the usage itself (as if the limit were 1) with
+-- some, so that an alert on a ratio > 0.9 fires for a blocked resource.
+SELECT tenancy.set_tenant_quota('audit-s1', r, 10) FROM unnest(ARRAY['blocked', 'used', 'over', 'one']) r;
+SELECT set_config('app.tenant_id', tenancy.tenant_id('audit-s1')::text, false) IS NOT NULL AS context_set;
+SELECT tenancy.consume_quota('used', 3), tenancy.consume_quota('over', 5), tenancy.consume_quota('one', 1);
+SET app.tenant_id = '';
+SELECT tenancy.set_tenant_quota('audit-s1', r, 0) FROM unnest(ARRAY['blocked', 'over', 'one']) r;
+SELECT s.labels ->> 'resource' AS resource, q.used, q.quota_limit, q.health, s.value
+  FROM tenancy.stats s
+  JOIN tenancy.quota_usage('audit-s1') q ON q.resource = s.labels ->> 'resource'
+ WHERE s.metric = 'tenancy_quota_usage_ratio' AND s.labels ->> 'tenant' = 'audit-s1'
+ ORDER BY 1;
 SELECT value > 1.7e9 AS plausible FROM tenancy.stats
  WHERE metric = 'tenancy_maintenance_last_run_timestamp_seconds';
 -- Readable by tenancy_admin and pg_monitor, not by others.

@@ -2308,15 +2308,18 @@ END
 $$;
 
 -- Quota usage ratios by tenant and resource, for tenancy.stats: used over
--- limit for every resource with a limit, of every tenant not deleted.
+-- limit for every resource with a limit, of every tenant not deleted.  A
+-- limit of 0 (the resource is forbidden, health critical) counts as 1: the
+-- ratio is 1 with nothing used, and the usage itself (over 1, over the
+-- limit) with some; never NaN or Infinity, which alerting handles badly.
 CREATE FUNCTION tenancy._quota_ratios() RETURNS TABLE (tenant text, resource text, ratio float8)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT t.slug, q.resource,
            CASE WHEN q.quota_limit OPERATOR(pg_catalog.>) 0
-                THEN q.used::float8 OPERATOR(pg_catalog./) q.quota_limit
-                ELSE CASE WHEN q.used OPERATOR(pg_catalog.>) 0 THEN 1.0 ELSE 0.0 END
+                THEN q.used::float8 OPERATOR(pg_catalog./) q.quota_limit::float8
+                ELSE GREATEST(q.used, 1)::float8
            END
       FROM tenancy.tenants t
      CROSS JOIN LATERAL tenancy.quota_usage(t.id::text) q
