@@ -2074,7 +2074,9 @@ END
 $$;
 
 -- Delete audit rows older than `before` (the only DELETE the audit guard
--- allows).  Internal: run_maintenance() calls it.
+-- allows) and, when some were deleted, append an audit.purge row saying
+-- what (rows, before, oldest, newest), whoever calls it.  Internal:
+-- run_maintenance() calls it; executable by superusers only.
 CREATE FUNCTION tenancy._audit_purge(before timestamptz) RETURNS bigint
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'tenancy_audit_purge';
@@ -2143,11 +2145,8 @@ BEGIN
     -- Audit retention.
     IF retention OPERATOR(pg_catalog.<>) '' THEN
         cutoff := now() OPERATOR(pg_catalog.-) retention::interval;
+        -- Appends the audit.purge row itself when it deletes some.
         audit_rows := tenancy._audit_purge(cutoff);
-        IF audit_rows OPERATOR(pg_catalog.>) 0 THEN
-            PERFORM tenancy._audit('audit.purge', NULL, NULL,
-                                   jsonb_build_object('rows', audit_rows, 'before', cutoff));
-        END IF;
     END IF;
 
     UPDATE tenancy.maintenance_state
@@ -2246,6 +2245,20 @@ $$;
 --------------------------------------------------------------------------
 -- 7. Audit and observability
 --------------------------------------------------------------------------
+
+-- No DDL on tenancy.audit_log outside the extension's own scripts (42501):
+-- ALTER TABLE in every form (columns, RENAME, SET SCHEMA, triggers
+-- disabled, ATTACH PARTITION), ALTER INDEX ... RENAME (which core accepts
+-- on a table), triggers, rules and policies created, altered or dropped.
+-- Checked before the command runs, and never bypassed (C).  Created first,
+-- so that this script's own DDL on the table below passes through it.
+CREATE FUNCTION tenancy._on_audit_ddl() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_audit_ddl';
+CREATE EVENT TRIGGER tenancy_audit_ddl_guard ON ddl_command_start
+    WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'CREATE TRIGGER', 'ALTER TRIGGER', 'DROP TRIGGER',
+                 'CREATE RULE', 'ALTER RULE', 'DROP RULE', 'CREATE POLICY', 'ALTER POLICY',
+                 'DROP POLICY')
+    EXECUTE FUNCTION tenancy._on_audit_ddl();
 
 -- tenancy.audit_log is append-only: UPDATE, DELETE and TRUNCATE fail
 -- (42501), except the DELETE of the retention purge (tenancy._audit_purge).
