@@ -2084,7 +2084,9 @@ END
 $$;
 
 -- Delete audit rows older than `before` (the only DELETE the audit guard
--- allows).  Internal: run_maintenance() calls it.
+-- allows) and, when some were deleted, append an audit.purge row saying
+-- what (rows, before, oldest, newest), whoever calls it.  Internal:
+-- run_maintenance() calls it; executable by superusers only.
 CREATE FUNCTION tenancy._audit_purge(before timestamptz) RETURNS bigint
 LANGUAGE c VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'tenancy_audit_purge';
@@ -2153,11 +2155,8 @@ BEGIN
     -- Audit retention.
     IF retention OPERATOR(pg_catalog.<>) '' THEN
         cutoff := now() OPERATOR(pg_catalog.-) retention::interval;
+        -- Appends the audit.purge row itself when it deletes some.
         audit_rows := tenancy._audit_purge(cutoff);
-        IF audit_rows OPERATOR(pg_catalog.>) 0 THEN
-            PERFORM tenancy._audit('audit.purge', NULL, NULL,
-                                   jsonb_build_object('rows', audit_rows, 'before', cutoff));
-        END IF;
     END IF;
 
     UPDATE tenancy.maintenance_state
@@ -2170,11 +2169,19 @@ END
 $$;
 
 -- Register run_maintenance() with pg_cron, as the job 'tenancy-maintenance'
--- of this database.  Calling it again updates the schedule.
+-- of this database.  Calling it again updates the schedule.  A schedule
+-- pg_cron refuses (its 22023) is reported as tenancy's own 22023, with
+-- pg_cron's message in the DETAIL and the syntax the installed pg_cron
+-- accepts in the HINT (interval schedules such as '30 seconds' from 1.5).
 CREATE FUNCTION tenancy.schedule_maintenance(schedule text DEFAULT '* * * * *') RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    cron_message text;
+    cron_version text;
+    syntax text;
+    fields integer;
 BEGIN
     IF schedule IS NULL OR schedule OPERATOR(pg_catalog.=) '' THEN
         RAISE EXCEPTION 'tenancy: schedule must not be null or empty'
@@ -2188,8 +2195,35 @@ BEGIN
                          'restart, and run CREATE EXTENSION pg_cron; or call tenancy.run_maintenance() '
                          'from another scheduler.';
     END IF;
-    EXECUTE 'SELECT cron.schedule($1, $2, $3)'
-        USING 'tenancy-maintenance', schedule, 'SELECT tenancy.run_maintenance()';
+    SELECT e.extversion INTO cron_version FROM pg_extension e
+     WHERE e.extname OPERATOR(pg_catalog.=) 'pg_cron';
+    syntax := 'Pass five cron fields (minute hour day-of-month month day-of-week), '
+              'such as ''* * * * *'' (every minute) or ''*/5 * * * *'' (every five minutes), '
+              'or @hourly, @daily, @weekly or @monthly'
+              OPERATOR(pg_catalog.||)
+              CASE WHEN cron_version IN ('1.0', '1.1', '1.2', '1.3', '1.4', '1.4-1')
+                   THEN '.'
+                   ELSE '; or an interval of 1 to 59 seconds, such as ''30 seconds''.' END;
+    -- pg_cron reads five fields and ignores any more (a sixth, for seconds
+    -- as some schedulers have it, would silently mean something else).
+    fields := pg_catalog.array_length(pg_catalog.regexp_split_to_array(pg_catalog.btrim(schedule), '\s+'), 1);
+    IF fields OPERATOR(pg_catalog.>) 5 AND pg_catalog.left(pg_catalog.btrim(schedule), 1) OPERATOR(pg_catalog.<>) '@' THEN
+        RAISE EXCEPTION 'tenancy: invalid schedule "%"', schedule
+            USING ERRCODE = '22023',
+                  DETAIL = format('It has %s fields; pg_cron would read the first five and ignore the rest.', fields),
+                  HINT = syntax;
+    END IF;
+    BEGIN
+        EXECUTE 'SELECT cron.schedule($1, $2, $3)'
+            USING 'tenancy-maintenance', schedule, 'SELECT tenancy.run_maintenance()';
+    EXCEPTION WHEN invalid_parameter_value THEN
+        -- The job name and command are tenancy's: pg_cron refused the schedule.
+        GET STACKED DIAGNOSTICS cron_message = MESSAGE_TEXT;
+        RAISE EXCEPTION 'tenancy: invalid schedule "%"', schedule
+            USING ERRCODE = '22023',
+                  DETAIL = format('pg_cron %s refused it: %s.', cron_version, cron_message),
+                  HINT = syntax;
+    END;
     PERFORM tenancy._audit('maintenance.schedule', NULL, 'tenancy-maintenance',
                            jsonb_build_object('schedule', schedule));
 END
@@ -2221,6 +2255,20 @@ $$;
 --------------------------------------------------------------------------
 -- 7. Audit and observability
 --------------------------------------------------------------------------
+
+-- No DDL on tenancy.audit_log outside the extension's own scripts (42501):
+-- ALTER TABLE in every form (columns, RENAME, SET SCHEMA, triggers
+-- disabled, ATTACH PARTITION), ALTER INDEX ... RENAME (which core accepts
+-- on a table), triggers, rules and policies created, altered or dropped.
+-- Checked before the command runs, and never bypassed (C).  Created first,
+-- so that this script's own DDL on the table below passes through it.
+CREATE FUNCTION tenancy._on_audit_ddl() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_audit_ddl';
+CREATE EVENT TRIGGER tenancy_audit_ddl_guard ON ddl_command_start
+    WHEN TAG IN ('ALTER TABLE', 'ALTER INDEX', 'CREATE TRIGGER', 'ALTER TRIGGER', 'DROP TRIGGER',
+                 'CREATE RULE', 'ALTER RULE', 'DROP RULE', 'CREATE POLICY', 'ALTER POLICY',
+                 'DROP POLICY')
+    EXECUTE FUNCTION tenancy._on_audit_ddl();
 
 -- tenancy.audit_log is append-only: UPDATE, DELETE and TRUNCATE fail
 -- (42501), except the DELETE of the retention purge (tenancy._audit_purge).
@@ -2283,15 +2331,18 @@ END
 $$;
 
 -- Quota usage ratios by tenant and resource, for tenancy.stats: used over
--- limit for every resource with a limit, of every tenant not deleted.
+-- limit for every resource with a limit, of every tenant not deleted.  A
+-- limit of 0 (the resource is forbidden, health critical) counts as 1: the
+-- ratio is 1 with nothing used, and the usage itself (over 1, over the
+-- limit) with some; never NaN or Infinity, which alerting handles badly.
 CREATE FUNCTION tenancy._quota_ratios() RETURNS TABLE (tenant text, resource text, ratio float8)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT t.slug, q.resource,
            CASE WHEN q.quota_limit OPERATOR(pg_catalog.>) 0
-                THEN q.used::float8 OPERATOR(pg_catalog./) q.quota_limit
-                ELSE CASE WHEN q.used OPERATOR(pg_catalog.>) 0 THEN 1.0 ELSE 0.0 END
+                THEN q.used::float8 OPERATOR(pg_catalog./) q.quota_limit::float8
+                ELSE GREATEST(q.used, 1)::float8
            END
       FROM tenancy.tenants t
      CROSS JOIN LATERAL tenancy.quota_usage(t.id::text) q

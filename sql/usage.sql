@@ -107,6 +107,71 @@ RELEASE SAVEPOINT s2;
 COMMIT;
 SELECT * FROM pg_temp.events('usage-b') WHERE resource = 'savepoint';
 
+-- usage() includes what the transaction would commit now, also while a
+-- subtransaction is open: its own records of every live level, none of a
+-- level rolled back.
+CREATE FUNCTION pg_temp.own(r text) RETURNS bigint LANGUAGE sql AS $$
+    SELECT coalesce(sum(amount), 0)::bigint FROM tenancy.usage('usage-b', NULL, NULL) WHERE resource = r;
+$$;
+BEGIN;
+SELECT tenancy.record_usage('own-sub', 3, 'usage-b');
+SAVEPOINT a;
+SELECT pg_temp.own('own-sub') AS savepoint_open;
+SELECT 1;
+ROLLBACK TO SAVEPOINT a;
+SELECT pg_temp.own('own-sub') AS after_rollback_to;
+SELECT tenancy.record_usage('own-sub', 20, 'usage-b');
+SELECT pg_temp.own('own-sub') AS recorded_in_savepoint;
+SAVEPOINT b;
+SELECT tenancy.record_usage('own-sub', 400, 'usage-b');
+SAVEPOINT c;
+SELECT tenancy.record_usage('own-sub', 5000, 'usage-b');
+SELECT pg_temp.own('own-sub') AS nested;
+ROLLBACK TO SAVEPOINT c;
+SELECT pg_temp.own('own-sub') AS nested_rolled_back;
+RELEASE SAVEPOINT b;
+SELECT pg_temp.own('own-sub') AS after_release;
+ROLLBACK TO SAVEPOINT a;
+SELECT pg_temp.own('own-sub') AS outer_rolled_back;
+RELEASE SAVEPOINT a;
+SELECT pg_temp.own('own-sub') AS top_level;
+SAVEPOINT d;
+SELECT tenancy.record_usage('own-sub', 60000, 'usage-b');
+RELEASE SAVEPOINT d;
+SELECT pg_temp.own('own-sub') AS released;
+COMMIT;
+SELECT * FROM pg_temp.events('usage-b') WHERE resource = 'own-sub';
+-- psql's ON_ERROR_ROLLBACK (like drivers' automatic savepoints) runs every
+-- statement of a transaction in a subtransaction of its own.
+\set ON_ERROR_ROLLBACK on
+BEGIN;
+SELECT tenancy.record_usage('own-auto', 7, 'usage-b');
+SELECT pg_temp.own('own-auto') AS auto_savepoint;
+SELECT 1 / 0;
+SELECT tenancy.record_usage('own-auto', 80, 'usage-b');
+SELECT pg_temp.own('own-auto') AS after_failed_statement;
+ROLLBACK;
+\set ON_ERROR_ROLLBACK off
+SELECT pg_temp.own('own-auto') AS rolled_back;
+-- In a PL/pgSQL block with an EXCEPTION clause (a subtransaction).
+SET client_min_messages = notice;
+DO $$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM tenancy.record_usage('own-block', 9, 'usage-b');
+    BEGIN
+        PERFORM tenancy.record_usage('own-block', 90, 'usage-b');
+        n := pg_temp.own('own-block');
+        RAISE NOTICE 'inside the block: %', n;
+        RAISE EXCEPTION 'roll back this block';
+    EXCEPTION WHEN raise_exception THEN
+        RAISE NOTICE 'after the block: %', pg_temp.own('own-block');
+    END;
+END
+$$;
+SET client_min_messages = warning;
+
 -- A read-only transaction cannot write: its records are written by the
 -- session's next read-write commit.
 BEGIN READ ONLY;
@@ -150,6 +215,13 @@ SELECT * FROM before_rollup ORDER BY 1, 2, 3;
 -- The granularity defaults to day; NULL bounds are open.
 SELECT * FROM tenancy.usage('usage-c', NULL, NULL);
 SELECT * FROM tenancy.usage('usage-c', '2024-02-01 00:00+00', '2024-02-01 00:00+00', 'hour');
+-- Every period that overlaps [since, until): the hour of a one-minute window.
+SELECT * FROM tenancy.usage('usage-c', '2024-02-01 00:30+00', '2024-02-01 00:31+00', 'hour');
+-- An empty or reversed window (since >= until) overlaps no period.
+SELECT * FROM tenancy.usage('usage-c', '2024-02-01 00:30+00', '2024-02-01 00:30+00', 'hour');
+SELECT * FROM tenancy.usage('usage-c', '2024-02-01 12:00+00', '2024-02-01 07:00+00', 'day');
+SELECT * FROM tenancy.usage('usage-c', '2024-02-02 00:00+00', '2024-01-01 00:00+00', 'month');
+SELECT * FROM tenancy.usage('usage-c', 'infinity', 'infinity');
 
 -- rollup_usage() folds every event once and returns how many it folded.
 SELECT tenancy.rollup_usage() > 0 AS folded_some;

@@ -66,7 +66,11 @@
  * The audit log guard: a trigger refuses UPDATE, DELETE and TRUNCATE of
  * tenancy.audit_log unless tenancy._audit_purge() (the retention purge of
  * run_maintenance) has set a flag for the DELETE it runs; the flag is also
- * cleared at every transaction and subtransaction end.
+ * cleared at every transaction and subtransaction end.  The purge appends
+ * an audit.purge row saying what it removed, whoever calls it.  DDL on the
+ * table (ALTER TABLE in every form, renames, triggers, rules, policies) is
+ * refused outside the extension's own scripts by an event trigger of its
+ * own (tenancy._on_audit_ddl()).
  *
  *-------------------------------------------------------------------------
  */
@@ -79,6 +83,8 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/event_trigger.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -89,6 +95,7 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -110,6 +117,7 @@ PG_FUNCTION_INFO_V1(tenancy_usage_counters);
 PG_FUNCTION_INFO_V1(tenancy_usage_record_carried);
 PG_FUNCTION_INFO_V1(tenancy_audit_guard);
 PG_FUNCTION_INFO_V1(tenancy_audit_purge);
+PG_FUNCTION_INFO_V1(tenancy_audit_ddl);
 
 /*
  * Most shared counters (distinct database and counter name pairs: denial
@@ -1216,8 +1224,8 @@ require_key_admin_for_usage(void)
 /*
  * What is recorded for a tenant in this database but not written: the
  * waiting sums of every session (stamped with their first record) and
- * this transaction's own records (stamped with its start), as three
- * arrays: resource, time, amount.
+ * this transaction's own records of every live subtransaction level
+ * (stamped with its start), as three arrays: resource, time, amount.
  */
 static void
 unwritten_arrays(const pg_uuid_t *tenant, Datum *resources, Datum *ats, Datum *amounts)
@@ -1248,7 +1256,11 @@ unwritten_arrays(const pg_uuid_t *tenant, Datum *resources, Datum *ats, Datum *a
 			usage_rows_add(&rows, tenant, entry->key.resource, at, amount);
 	}
 	LWLockRelease(&usage_shared->lock);
-	if (pending != NULL && GetCurrentTransactionNestLevel() == 1)
+	/*
+	 * Every live subtransaction level counts: what the transaction would
+	 * commit now (a rolled-back level's entries are already gone).
+	 */
+	if (pending != NULL)
 	{
 		hash_seq_init(&status, pending);
 		while ((p = hash_seq_search(&status)) != NULL)
@@ -1268,10 +1280,12 @@ unwritten_arrays(const pg_uuid_t *tenant, Datum *resources, Datum *ats, Datum *a
  * resource text, amount bigint).
  *
  * The periods (UTC) whose start lies in [date_trunc(granularity, since),
- * until), from the rollups plus the events not yet folded, so the answer
- * does not depend on when rollup_usage() last ran.  NULL since or until:
- * unbounded.  This backend's own records are written first (at top level),
- * so they are included.
+ * until), i.e. that overlap [since, until), from the rollups plus the
+ * events not yet folded, so the answer does not depend on when
+ * rollup_usage() last ran.  NULL since or until: unbounded.  An empty or
+ * reversed window (since >= until) overlaps no period: no rows.  The
+ * waiting sums of every session and this transaction's own records (what
+ * it would commit now, subtransactions included) are added.
  */
 typedef struct UsageRow
 {
@@ -1327,6 +1341,11 @@ tenancy_usage(PG_FUNCTION_ARGS)
 	require_key_admin_for_usage();
 
 	tupstore = materialize_srf(fcinfo, &tupdesc);
+
+	/* [since, until) is empty: no period overlaps it. */
+	if (!PG_ARGISNULL(1) && !PG_ARGISNULL(2) &&
+		PG_GETARG_TIMESTAMPTZ(1) >= PG_GETARG_TIMESTAMPTZ(2))
+		return (Datum) 0;
 
 	relid = tenancy_relation_oid("usage_events", true);
 	if (!OidIsValid(relid))
@@ -1493,15 +1512,19 @@ tenancy_audit_guard(PG_FUNCTION_ARGS)
 
 /*
  * SQL: tenancy._audit_purge(before timestamptz) RETURNS bigint: delete the
- * audit rows older than `before`, the only DELETE the guard lets through.
- * Internal: run_maintenance() calls it; not granted to anyone.
+ * audit rows older than `before`, the only DELETE the guard lets through,
+ * and, when it deleted some, append an audit.purge row saying what it
+ * removed (how many rows, the cutoff, the times of the oldest and newest),
+ * whoever called it.  Internal: run_maintenance() calls it; not granted to
+ * anyone.
  */
 Datum
 tenancy_audit_purge(PG_FUNCTION_ARGS)
 {
-	Oid			argtypes[1] = {TIMESTAMPTZOID};
-	Datum		args[1];
-	uint64		deleted;
+	Oid			argtypes[4] = {TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Datum		args[4];
+	bool		isnull;
+	int64		deleted;
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_INT64(0);
@@ -1511,9 +1534,11 @@ tenancy_audit_purge(PG_FUNCTION_ARGS)
 	audit_purge_allowed = true;
 	PG_TRY();
 	{
-		if (SPI_execute_with_args("DELETE FROM tenancy.audit_log "
-								  "WHERE at OPERATOR(pg_catalog.<) $1",
-								  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
+		if (SPI_execute_with_args("WITH d AS (DELETE FROM tenancy.audit_log "
+								  "           WHERE at OPERATOR(pg_catalog.<) $1 RETURNING at) "
+								  "SELECT pg_catalog.count(*), pg_catalog.min(d.at), pg_catalog.max(d.at) FROM d",
+								  1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT ||
+			SPI_processed != 1)
 			elog(ERROR, "tenancy: purging the audit log failed");
 	}
 	PG_FINALLY();
@@ -1521,7 +1546,131 @@ tenancy_audit_purge(PG_FUNCTION_ARGS)
 		audit_purge_allowed = false;
 	}
 	PG_END_TRY();
-	deleted = SPI_processed;
+	deleted = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (deleted > 0)
+	{
+		args[1] = Int64GetDatum(deleted);
+		args[2] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		args[3] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+		if (SPI_execute_with_args("SELECT tenancy._audit('audit.purge', NULL, NULL, "
+								  "pg_catalog.jsonb_build_object('rows', $2, 'before', $1, "
+								  "'oldest', $3, 'newest', $4))",
+								  4, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "tenancy: recording the audit log purge failed");
+	}
 	SPI_finish();
-	PG_RETURN_INT64((int64) deleted);
+	PG_RETURN_INT64(deleted);
+}
+
+/*
+ * The relation a DDL statement is about, for the audit log's DDL guard:
+ * the table it alters, renames, moves, or puts a trigger, rule or policy
+ * on or takes one off (NULL for any other statement).
+ */
+static RangeVar *
+ddl_relation(Node *parsetree)
+{
+	switch (nodeTag(parsetree))
+	{
+		case T_AlterTableStmt:
+			return ((AlterTableStmt *) parsetree)->relation;
+		case T_RenameStmt:
+			return ((RenameStmt *) parsetree)->relation;
+		case T_AlterObjectSchemaStmt:
+			return ((AlterObjectSchemaStmt *) parsetree)->relation;
+		case T_AlterObjectDependsStmt:
+			return ((AlterObjectDependsStmt *) parsetree)->relation;
+		case T_CreateTrigStmt:
+			return ((CreateTrigStmt *) parsetree)->relation;
+		case T_RuleStmt:
+			return ((RuleStmt *) parsetree)->relation;
+		case T_CreatePolicyStmt:
+			return ((CreatePolicyStmt *) parsetree)->table;
+		case T_AlterPolicyStmt:
+			return ((AlterPolicyStmt *) parsetree)->table;
+		default:
+			return NULL;
+	}
+}
+
+/* Is rv tenancy.audit_log (as the search_path resolves it)? */
+static bool
+is_audit_log(RangeVar *rv, Oid audit_rel)
+{
+	return rv != NULL && RangeVarGetRelid(rv, NoLock, true) == audit_rel;
+}
+
+/*
+ * Event trigger function tenancy._on_audit_ddl(), on ddl_command_start of
+ * the commands that can change a table (event trigger
+ * tenancy_audit_ddl_guard): refuse (42501) any of them on
+ * tenancy.audit_log outside the extension's own scripts (CREATE
+ * EXTENSION, ALTER EXTENSION UPDATE), whatever tenancy._ddl_bypass() says.
+ * Dropping or renaming a column, renaming the table or moving it to
+ * another schema, a trigger or rule that would swallow its INSERTs,
+ * disabling its guard: each would let the log be rewritten or bypassed.
+ * Before the command runs, so that a table being renamed is still found by
+ * its name.  DROP EXTENSION drops it, as the extension's.
+ */
+Datum
+tenancy_audit_ddl(PG_FUNCTION_ARGS)
+{
+	Node	   *parsetree;
+	Oid			audit_rel;
+	bool		touches = false;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("tenancy: tenancy._on_audit_ddl() must be fired by an event trigger")));
+	parsetree = ((EventTriggerData *) fcinfo->context)->parsetree;
+	if (parsetree == NULL ||
+		(creating_extension && CurrentExtensionObject == get_extension_oid("tenancy", true)))
+		PG_RETURN_VOID();
+	audit_rel = tenancy_relation_oid("audit_log", true);
+	if (!OidIsValid(audit_rel))
+		PG_RETURN_VOID();
+
+	touches = is_audit_log(ddl_relation(parsetree), audit_rel);
+	if (!touches && IsA(parsetree, AlterTableStmt))
+	{
+		/* ALTER TABLE p ATTACH PARTITION tenancy.audit_log. */
+		ListCell   *lc;
+
+		foreach(lc, ((AlterTableStmt *) parsetree)->cmds)
+		{
+			AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+
+			if (cmd->subtype == AT_AttachPartition && cmd->def != NULL &&
+				is_audit_log(((PartitionCmd *) cmd->def)->name, audit_rel))
+				touches = true;
+		}
+	}
+	if (!touches && IsA(parsetree, DropStmt))
+	{
+		/* DROP TRIGGER / RULE / POLICY name ON tenancy.audit_log. */
+		DropStmt   *stmt = (DropStmt *) parsetree;
+		ListCell   *lc;
+
+		if (stmt->removeType == OBJECT_TRIGGER || stmt->removeType == OBJECT_RULE ||
+			stmt->removeType == OBJECT_POLICY)
+			foreach(lc, stmt->objects)
+			{
+				List	   *names = (List *) lfirst(lc);
+
+				if (list_length(names) >= 2 &&
+					is_audit_log(makeRangeVarFromNameList(list_truncate(list_copy(names),
+																		list_length(names) - 1)),
+								 audit_rel))
+					touches = true;
+			}
+	}
+	if (touches)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("tenancy: the audit log is append-only"),
+				 errdetail("%s would change tenancy.audit_log; only the extension's own scripts may change it.",
+						   CreateCommandName(parsetree)),
+				 errhint("Old audit rows are removed by tenancy.run_maintenance() after tenancy.audit_retention; the table changes only with ALTER EXTENSION tenancy UPDATE.")));
+	PG_RETURN_VOID();
 }
