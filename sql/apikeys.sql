@@ -562,6 +562,35 @@ SELECT details->>'reason' AS reason FROM tenancy.audit_log
 SELECT count(*) FILTER (WHERE last_used_at IS NOT NULL) > 0 AS some_used,
        bool_and(last_used_at <= now()) AS not_in_the_future
   FROM tenancy.api_keys;
+-- It is written by the commit of the transaction that used the key, and
+-- that write never fails the commit: an error is logged, nothing written.
+SELECT tenancy.create_api_key('regress-acme', 'last used') AS k_lu \gset
+CREATE FUNCTION regress_refuse_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'regress: no update of api_keys';
+END $$;
+CREATE TRIGGER regress_refuse BEFORE UPDATE ON tenancy.api_keys
+    FOR EACH ROW EXECUTE FUNCTION regress_refuse_update();
+BEGIN;
+SELECT count(*) AS valid FROM tenancy.verify_api_key(:'k_lu');
+SELECT last_used_at IS NULL AS not_yet FROM tenancy.api_keys WHERE name = 'last used';
+COMMIT;
+SELECT last_used_at IS NULL AS not_written FROM tenancy.api_keys WHERE name = 'last used';
+DROP TRIGGER regress_refuse ON tenancy.api_keys;
+DROP FUNCTION regress_refuse_update();
+-- the next use writes it
+SELECT count(*) AS valid FROM tenancy.verify_api_key(:'k_lu');
+SELECT last_used_at IS NOT NULL AS written FROM tenancy.api_keys WHERE name = 'last used';
+-- a transaction that turned read-only after the use writes nothing; the
+-- next read-write one does
+SELECT tenancy.create_api_key('regress-acme', 'last used ro') AS k_lu2 \gset
+BEGIN;
+SELECT count(*) AS valid FROM tenancy.verify_api_key(:'k_lu2');
+SET TRANSACTION READ ONLY;
+COMMIT;
+SELECT last_used_at IS NULL AS not_written FROM tenancy.api_keys WHERE name = 'last used ro';
+SELECT count(*) AS valid FROM tenancy.verify_api_key(:'k_lu2');
+SELECT last_used_at IS NOT NULL AS written FROM tenancy.api_keys WHERE name = 'last used ro';
 
 -- clean up
 DROP VIEW public.regress_orders_view;
