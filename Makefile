@@ -31,7 +31,7 @@ DOCS_QUOTA = doc/tenancy-quotas.md
 # -- API keys
 OBJS_APIKEY = src/apikey.o src/keyperm.o
 REGRESS_APIKEY = apikeys
-ISOLATION_APIKEY = apikey_binding apikey_quota_lock
+ISOLATION_APIKEY = apikey_binding apikey_quota_lock apikey_last_used
 DOCS_APIKEY = doc/tenancy-apikeys.md
 
 # -- usage metering, audit, stats

@@ -67,11 +67,17 @@ CREATE TABLE public.regress_fk_child (id int, pid int REFERENCES public.regress_
 CREATE TABLE public.regress_secret (v text);
 -- a schema of the user's own, for the tables, functions and triggers it makes
 CREATE SCHEMA regress_keyown AUTHORIZATION regress_key_user;
+-- a table named like one of public, in another schema
+CREATE SCHEMA regress_keyother;
+CREATE TABLE regress_keyother.regress_notes (id int);
 CREATE VIEW public.regress_orders_view WITH (security_invoker = true)
     AS SELECT id, note FROM public.regress_orders;
 SELECT tenancy.protect('public.regress_orders'), tenancy.protect('public.regress_notes'),
        tenancy.protect('public.regress_parts'), tenancy.protect('public.regress_fk_parent'),
-       tenancy.protect('public.regress_fk_child'), tenancy.protect('public.regress_secret');
+       tenancy.protect('public.regress_fk_child'), tenancy.protect('public.regress_secret'),
+       tenancy.protect('regress_keyother.regress_notes');
+GRANT USAGE ON SCHEMA regress_keyother TO regress_key_user;
+GRANT SELECT ON regress_keyother.regress_notes TO regress_key_user;
 GRANT SELECT ON public.regress_secret TO regress_key_user;
 GRANT REFERENCES ON public.regress_fk_parent TO regress_key_user;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.regress_fk_parent, public.regress_fk_child
@@ -214,6 +220,9 @@ SELECT tenancy.create_api_key('regress-acme', 'admin', '{read,write,admin}') AS 
 SELECT tenancy.create_api_key('regress-acme', 'orders only', '{read,write}', '{public.regress_orders}') AS k_sc \gset
 SELECT tenancy.create_api_key('regress-acme', 'wildcard', '{read,write}', '{public.regress_n*}') AS k_wild \gset
 SELECT tenancy.create_api_key('regress-acme', 'bare name', '{read}', '{regress_notes}') AS k_bare \gset
+SELECT tenancy.create_api_key('regress-acme', 'bare wildcard', '{read}', '{regress_n*}') AS k_bare_wild \gset
+SELECT tenancy.create_api_key('regress-acme', 'everything', '{read}', '{*}') AS k_all \gset
+SELECT tenancy.create_api_key('regress-acme', 'other schema', '{read}', '{regress_keyother.*}') AS k_other_sch \gset
 SELECT tenancy.create_api_key('regress-acme', 'parts', '{read,write}', '{public.regress_parts}') AS k_parts \gset
 SELECT tenancy.create_api_key('regress-acme', 'child only', '{read,write}', '{public.regress_fk_child}') AS k_child \gset
 SELECT tenancy.create_api_key('regress-acme', 'parent only', '{read,write}', '{public.regress_fk_parent}') AS k_parent \gset
@@ -363,7 +372,50 @@ SELECT count(*) FROM regress_notes;
 SET search_path = pg_catalog;
 SELECT count(*) FROM public.regress_notes;
 RESET search_path;
+-- A scope without a schema matches tables of schema public only, by their
+-- bare name, whatever the search_path (which the key's holder sets): a
+-- table of the same name elsewhere stays out of reach (42501), and the
+-- public one within it, even with a search_path without public.
+SET search_path = regress_keyother, public;
+SELECT count(*) FROM regress_keyother.regress_notes;
+SELECT count(*) FROM regress_notes;
+SELECT count(*) FROM public.regress_notes;
+SELECT set_config('search_path', 'regress_keyother', false) AS search_path;
+SELECT count(*) FROM regress_notes;
+SELECT count(*) FROM public.regress_notes;
+SET search_path = '';
+SELECT count(*) FROM regress_keyother.regress_notes;
+SELECT count(*) FROM public.regress_notes;
+-- nor does quoting every identifier change what a scope matches
+SET quote_all_identifiers = on;
+SELECT count(*) FROM regress_keyother.regress_notes;
+SELECT count(*) FROM public.regress_notes;
+RESET quote_all_identifiers;
+RESET search_path;
+-- the same for a wildcard without a schema
+SELECT tenancy.authenticate(:'k_bare_wild') IS NOT NULL AS bound;
+SET search_path = regress_keyother, public;
+SELECT count(*) FROM regress_notes;
+SELECT count(*) FROM public.regress_notes;
+SELECT count(*) FROM public.regress_orders;
+RESET search_path;
+-- the lone * matches every table
+SELECT tenancy.authenticate(:'k_all') IS NOT NULL AS bound;
+SELECT count(*) FROM regress_keyother.regress_notes;
+SELECT count(*) FROM public.regress_notes;
+-- a scope with a schema matches the qualified name, whatever the search_path
+SELECT tenancy.authenticate(:'k_other_sch') IS NOT NULL AS bound;
+SELECT count(*) FROM regress_keyother.regress_notes;
+SELECT count(*) FROM public.regress_notes;
+SET search_path = regress_keyother;
+SELECT count(*) FROM regress_notes;
+SELECT count(*) FROM public.regress_notes;
+SELECT tenancy.authenticate(:'k_sc') IS NOT NULL AS bound;
+SELECT count(*) FROM public.regress_orders;
+SELECT count(*) FROM public.regress_notes;
+RESET search_path;
 -- a view is judged by the protected tables it reads
+SELECT tenancy.authenticate(:'k_bare') IS NOT NULL AS bound;
 SELECT count(*) FROM regress_orders_view;
 SELECT tenancy.authenticate(:'k_sc') IS NOT NULL AS bound;
 SELECT count(*) FROM regress_orders_view;
@@ -562,12 +614,43 @@ SELECT details->>'reason' AS reason FROM tenancy.audit_log
 SELECT count(*) FILTER (WHERE last_used_at IS NOT NULL) > 0 AS some_used,
        bool_and(last_used_at <= now()) AS not_in_the_future
   FROM tenancy.api_keys;
+-- It is written by the commit of the transaction that used the key, and
+-- that write never fails the commit: an error is logged, nothing written.
+SELECT tenancy.create_api_key('regress-acme', 'last used') AS k_lu \gset
+CREATE FUNCTION regress_refuse_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'regress: no update of api_keys';
+END $$;
+CREATE TRIGGER regress_refuse BEFORE UPDATE ON tenancy.api_keys
+    FOR EACH ROW EXECUTE FUNCTION regress_refuse_update();
+BEGIN;
+SELECT count(*) AS valid FROM tenancy.verify_api_key(:'k_lu');
+SELECT last_used_at IS NULL AS not_yet FROM tenancy.api_keys WHERE name = 'last used';
+COMMIT;
+SELECT last_used_at IS NULL AS not_written FROM tenancy.api_keys WHERE name = 'last used';
+DROP TRIGGER regress_refuse ON tenancy.api_keys;
+DROP FUNCTION regress_refuse_update();
+-- the next use writes it
+SELECT count(*) AS valid FROM tenancy.verify_api_key(:'k_lu');
+SELECT last_used_at IS NOT NULL AS written FROM tenancy.api_keys WHERE name = 'last used';
+-- a transaction that turned read-only after the use writes nothing; the
+-- next read-write one does
+SELECT tenancy.create_api_key('regress-acme', 'last used ro') AS k_lu2 \gset
+BEGIN;
+SELECT count(*) AS valid FROM tenancy.verify_api_key(:'k_lu2');
+SET TRANSACTION READ ONLY;
+COMMIT;
+SELECT last_used_at IS NULL AS not_written FROM tenancy.api_keys WHERE name = 'last used ro';
+SELECT count(*) AS valid FROM tenancy.verify_api_key(:'k_lu2');
+SELECT last_used_at IS NOT NULL AS written FROM tenancy.api_keys WHERE name = 'last used ro';
 
 -- clean up
 DROP VIEW public.regress_orders_view;
 DROP SCHEMA regress_keyown CASCADE;
 SELECT tenancy.unprotect('public.regress_orders'), tenancy.unprotect('public.regress_notes'),
-       tenancy.unprotect('public.regress_parts'), tenancy.unprotect('public.regress_secret');
+       tenancy.unprotect('public.regress_parts'), tenancy.unprotect('public.regress_secret'),
+       tenancy.unprotect('regress_keyother.regress_notes');
+DROP SCHEMA regress_keyother CASCADE;
 DROP TABLE public.regress_orders, public.regress_notes, public.regress_parts,
     public.regress_fk_child, public.regress_fk_parent, public.regress_secret;
 DROP FUNCTION regress_switch_by_set_clause(), regress_try(text), regress_code(text), regress_key(text),

@@ -44,10 +44,13 @@
  * bound by an admin key for its own tenant only.
  *
  * last_used_at: each backend remembers, per key, the last value it knows
- * to be stored; a successful verification writes the column only when that
- * value is a minute old or more (and never in a read-only transaction), so
- * the column is right to within a minute with at most one write a minute
- * per key and backend.
+ * to be stored; a successful verification notes the use when that value
+ * is a minute old or more, and the commit of the transaction writes it
+ * (PRE_COMMIT, never in a read-only, repeatable read or serializable
+ * transaction, nor one that is prepared), so the column is right to within
+ * a minute with at most one write a minute per key and backend.  The row
+ * is locked for the commit only, never while the transaction that used
+ * the key is open: revoking or rotating a key never waits for its users.
  *
  * Failures are counted by cause in the shared counters of usage.c
  * (tenancy_usage_count(), names "auth_failures:<cause>"), which are kept
@@ -84,6 +87,7 @@
 #include "utils/memutils.h"
 #include "utils/pg_crc.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -194,20 +198,22 @@ static bool binding_valid = false;
 static char binding_for[2 * TENANCY_UUID_STRLEN + 2];
 static TenancyKeyBinding binding_state;
 
-/* Backend-local: per key, the last_used_at value known to be stored. */
+/*
+ * Backend-local: per key, the last_used_at value known to be stored, and
+ * the uses of this transaction, written at its commit (key_uses_write).
+ */
 typedef struct KeyUseEntry
 {
 	pg_uuid_t	key;			/* hash key */
 	TimestampTz known_stored;	/* 0: unknown */
+	TimestampTz xact_use;		/* latest use to write at commit; 0: none */
+	bool		written;		/* written by this transaction's PRE_COMMIT */
 } KeyUseEntry;
 
 static HTAB *key_use = NULL;
 
-/* Keys whose last_used_at this transaction wrote: forgotten on abort. */
-#define MAX_PENDING_FLUSHES 8
-static pg_uuid_t pending_flush[MAX_PENDING_FLUSHES];
-static int	npending_flush = 0;
-static bool pending_overflow = false;
+/* Keys whose xact_use is set, in TopTransactionContext; NIL when none. */
+static List *xact_uses = NIL;
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
@@ -724,32 +730,12 @@ spi_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *values,
 	return result;
 }
 
-/* Forget what flushes of this transaction claimed: it rolled back. */
-static void
-forget_pending_flushes(void)
-{
-	int			i;
-
-	if (key_use != NULL)
-	{
-		if (pending_overflow)
-		{
-			hash_destroy(key_use);
-			key_use = NULL;
-		}
-		else
-			for (i = 0; i < npending_flush; i++)
-				(void) hash_search(key_use, &pending_flush[i], HASH_REMOVE, NULL);
-	}
-	npending_flush = 0;
-	pending_overflow = false;
-}
-
 /*
- * A key was used: write last_used_at when what is stored is a minute old
- * or more.  Never in a read-only, repeatable read or serializable
- * transaction, on a standby or in parallel mode; never waits for a row
- * lock (SKIP LOCKED: another session is writing it).
+ * A key was used: when the last_used_at known to be stored is a minute
+ * old or more, remember the use, for the commit of this transaction to
+ * write (key_uses_write).  Nothing is written here: a write would keep
+ * the key's row locked until the transaction ends, and whoever revokes or
+ * rotates the key, or deletes its tenant, would wait for it.
  */
 static void
 key_touch(const KeyRow *row)
@@ -758,6 +744,8 @@ key_touch(const KeyRow *row)
 	KeyUseEntry *entry;
 	bool		found;
 
+	if (IsParallelWorker())
+		return;					/* its uses cannot reach the leader's commit */
 	if (key_use == NULL)
 	{
 		HASHCTL		ctl;
@@ -768,41 +756,222 @@ key_touch(const KeyRow *row)
 	}
 	entry = hash_search(key_use, &row->id, HASH_ENTER, &found);
 	if (!found)
+	{
 		entry->known_stored = 0;
+		entry->xact_use = 0;
+		entry->written = false;
+	}
 	if (row->has_last_used && row->last_used_at > entry->known_stored)
 		entry->known_stored = row->last_used_at;
 	if (now - entry->known_stored < LAST_USED_RESOLUTION_US)
 		return;
-	/*
-	 * Not where it cannot write, nor under a transaction snapshot, where a
-	 * concurrent update of the row would raise a serialization failure and
-	 * fail the verification: a later use in another transaction writes it.
-	 */
+	if (entry->xact_use == 0)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+		pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
+
+		memcpy(id, &row->id, sizeof(pg_uuid_t));
+		xact_uses = lappend(xact_uses, id);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	entry->xact_use = now;
+}
+
+/*
+ * The UPDATE of key_uses_write, as the owner of tenancy.api_keys: ids and
+ * ats are arrays of key ids and times of use.  A row another session has
+ * locked (it is revoking, rotating or writing the key) is skipped.  Fills
+ * got and got_at with the keys written and the value they now store;
+ * returns how many there are (at most max).
+ */
+static int
+key_uses_update(Oid relid, Datum ids, Datum ats, int max,
+				pg_uuid_t *got, TimestampTz *got_at)
+{
+	Oid			argtypes[2] = {UUIDARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		values[2];
+	Oid			save_user;
+	int			save_sec;
+	int			rc;
+	int			n;
+	int			i;
+
+	values[0] = ids;
+	values[1] = ats;
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(tenancy_relation_owner(relid, false),
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "tenancy: SPI_connect failed");
+	rc = SPI_execute_with_args("UPDATE tenancy.api_keys k"
+							   "   SET last_used_at = GREATEST(k.last_used_at, u.at)"
+							   "  FROM (SELECT id FROM tenancy.api_keys"
+							   "         WHERE id OPERATOR(pg_catalog.=) ANY ($1)"
+							   "           FOR NO KEY UPDATE SKIP LOCKED) s,"
+							   "       ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) u(id, at)"
+							   " WHERE k.id OPERATOR(pg_catalog.=) s.id"
+							   "   AND u.id OPERATOR(pg_catalog.=) s.id"
+							   " RETURNING k.id, k.last_used_at",
+							   2, argtypes, values, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "tenancy: unexpected SPI result %d", rc);
+	n = (int) Min(SPI_processed, (uint64) max);
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		d;
+
+		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		memcpy(&got[i], DatumGetUUIDP(d), sizeof(pg_uuid_t));
+		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
+		got_at[i] = isnull ? 0 : DatumGetTimestampTz(d);
+	}
+	SPI_finish();
+	SetUserIdAndSecContext(save_user, save_sec);
+	return n;
+}
+
+/*
+ * The uses of this transaction as two arrays for key_uses_update: key ids
+ * (uuid[]) and times of use (timestamptz[]).  Returns how many.
+ */
+static int
+key_uses_arrays(Datum *ids, Datum *ats)
+{
+	int			n = list_length(xact_uses);
+	Datum	   *id = palloc(sizeof(Datum) * n);
+	Datum	   *at = palloc(sizeof(Datum) * n);
+	int			k = 0;
+	ListCell   *lc;
+
+	foreach(lc, xact_uses)
+	{
+		KeyUseEntry *entry = hash_search(key_use, lfirst(lc), HASH_FIND, NULL);
+
+		if (entry == NULL || entry->xact_use == 0)
+			continue;
+		id[k] = UUIDPGetDatum(&entry->key);
+		at[k] = TimestampTzGetDatum(entry->xact_use);
+		k++;
+	}
+	*ids = PointerGetDatum(construct_array(id, k, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	*ats = PointerGetDatum(construct_array(at, k, TIMESTAMPTZOID, sizeof(TimestampTz),
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	return k;
+}
+
+/*
+ * PRE_COMMIT: write last_used_at of the keys this transaction used (see
+ * key_touch), in one UPDATE, so that their rows are locked for the commit
+ * only.  Not where it cannot write, nor under a transaction snapshot (a
+ * concurrent update of a row would raise a serialization failure), nor in
+ * parallel mode.  It never makes the commit wait or fail: the table must
+ * be lockable at once, rows locked by others are skipped, and any error
+ * rolls back an internal subtransaction and is logged.  A key not written
+ * is written at a later use.  What is written is bookkeeping a crash may
+ * lose (commit.c): a commit that wrote nothing else does not wait for its
+ * WAL flush for it.
+ */
+static void
+key_uses_write(void)
+{
+	int			n = list_length(xact_uses);
+	Datum		ids;
+	Datum		ats;
+	pg_uuid_t  *got;
+	TimestampTz *got_at;
+	volatile int ngot = 0;
+	int			i;
+	Oid			relid;
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+
+	if (n == 0 || key_use == NULL)
+		return;
 	if (XactReadOnly || RecoveryInProgress() || IsInParallelMode() ||
 		IsolationUsesXactSnapshot())
 		return;
+	relid = tenancy_relation_oid("api_keys", true);
+	if (!OidIsValid(relid) ||
+		!ConditionalLockRelationOid(relid, RowExclusiveLock) ||
+		!ConditionalLockRelationOid(relid, RowShareLock))
+		return;
+	n = key_uses_arrays(&ids, &ats);
+	if (n == 0)
+		return;
+	got = palloc(sizeof(pg_uuid_t) * n);
+	got_at = palloc(sizeof(TimestampTz) * n);
 
+	tenancy_commit_write_begin();
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
 	{
-		Oid			argtypes[2] = {UUIDOID, TIMESTAMPTZOID};
-		Datum		values[2];
-		bool		isnull;
-
-		values[0] = UUIDPGetDatum(&row->id);
-		values[1] = TimestampTzGetDatum(now);
-		(void) spi_as_owner("UPDATE tenancy.api_keys k SET last_used_at = $2"
-							" FROM (SELECT id FROM tenancy.api_keys"
-							"        WHERE id OPERATOR(pg_catalog.=) $1"
-							"          FOR NO KEY UPDATE SKIP LOCKED) s"
-							" WHERE k.id OPERATOR(pg_catalog.=) s.id",
-							2, argtypes, values, NULL, SPI_OK_UPDATE, &isnull);
-		if (isnull)
-			return;				/* locked by another writer: try again later */
+		PushActiveSnapshot(GetTransactionSnapshot());
+		ngot = key_uses_update(relid, ids, ats, n, got, got_at);
+		PopActiveSnapshot();
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
 	}
-	entry->known_stored = now;
-	if (npending_flush < MAX_PENDING_FLUSHES)
-		memcpy(&pending_flush[npending_flush++], &row->id, sizeof(pg_uuid_t));
-	else
-		pending_overflow = true;
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		ngot = 0;
+		ereport(LOG,
+				(errmsg("tenancy: last_used_at of API keys not written at commit: %s",
+						edata->message),
+				 errhidestmt(true)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	tenancy_commit_write_end(true);
+
+	for (i = 0; i < ngot; i++)
+	{
+		KeyUseEntry *entry = hash_search(key_use, &got[i], HASH_FIND, NULL);
+
+		if (entry != NULL)
+		{
+			entry->known_stored = got_at[i];
+			entry->written = true;
+		}
+	}
+}
+
+/*
+ * The transaction ended: forget its uses.  On abort, forget too what its
+ * commit wrote (a failure after PRE_COMMIT rolled it back): the next use
+ * of such a key writes again.
+ */
+static void
+key_uses_end(bool aborted)
+{
+	ListCell   *lc;
+
+	if (key_use != NULL)
+		foreach(lc, xact_uses)
+		{
+			KeyUseEntry *entry = hash_search(key_use, lfirst(lc), HASH_FIND, NULL);
+
+			if (entry == NULL)
+				continue;
+			if (aborted && entry->written)
+				(void) hash_search(key_use, lfirst(lc), HASH_REMOVE, NULL);
+			else
+			{
+				entry->xact_use = 0;
+				entry->written = false;
+			}
+		}
+	xact_uses = NIL;
 }
 
 /*
@@ -1313,12 +1482,22 @@ static void
 apikey_xact_callback(XactEvent event, void *arg)
 {
 	binding_valid = false;
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
-		forget_pending_flushes();
-	else if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE)
+	switch (event)
 	{
-		npending_flush = 0;
-		pending_overflow = false;
+		case XACT_EVENT_PRE_COMMIT:
+			key_uses_write();
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PREPARE:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			key_uses_end(false);
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			key_uses_end(true);
+			break;
+		default:
+			break;
 	}
 }
 
@@ -1327,10 +1506,7 @@ apikey_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 						SubTransactionId parentSubid, void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
-	{
 		binding_valid = false;
-		forget_pending_flushes();
-	}
 }
 
 /*

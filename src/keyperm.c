@@ -53,7 +53,6 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
-#include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
@@ -182,29 +181,83 @@ glob_match(const char *pattern, const char *name)
 }
 
 /*
- * Is the table within the key's scopes?  A scope is matched against the
- * table's schema-qualified name and, when the table is visible in the
- * search_path, against its bare name: the two ways regclass::text prints
- * it.
+ * Does a scope pattern name a schema: a '.' outside double quotes
+ * (public.docs, public.*, "Sch".*, *.t)?
+ */
+static bool
+scope_has_schema(const char *pattern)
+{
+	bool		quoted = false;
+
+	for (; *pattern; pattern++)
+	{
+		if (*pattern == '"')
+			quoted = !quoted;
+		else if (*pattern == '.' && !quoted)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * quote_identifier() with quote_all_identifiers at its default, off: the
+ * key's holder may set it, and what a scope matches must not depend on
+ * anything the holder sets.
+ */
+static const char *
+quote_ident_default(const char *ident)
+{
+	const char *result;
+
+	if (!quote_all_identifiers)
+		return quote_identifier(ident);
+	quote_all_identifiers = false;
+	PG_TRY();
+	{
+		result = quote_identifier(ident);
+	}
+	PG_FINALLY();
+	{
+		quote_all_identifiers = true;
+	}
+	PG_END_TRY();
+	return result;
+}
+
+/*
+ * Is the table within the key's scopes?  Names are quoted as
+ * regclass::text quotes them.  A scope with a schema part is matched
+ * against the schema-qualified name; one without (a bare name, or a
+ * wildcard such as d*) against the bare name of tables of schema public
+ * only; the lone '*' matches every table.  Nothing here depends on the
+ * session's settings (search_path, quote_all_identifiers): the key's
+ * holder sets them.
  */
 static bool
 in_scopes(const TenancyKeyBinding *b, Oid relid)
 {
 	char	   *relname = get_rel_name(relid);
 	char	   *nspname = get_namespace_name(get_rel_namespace(relid));
+	const char *bare;
 	const char *qualified;
-	const char *bare = NULL;
+	bool		in_public;
 	int			i;
 
 	if (relname == NULL || nspname == NULL)
 		return false;
-	qualified = quote_qualified_identifier(nspname, relname);
-	if (RelationIsVisible(relid))
-		bare = quote_identifier(relname);
+	bare = quote_ident_default(relname);
+	qualified = psprintf("%s.%s", quote_ident_default(nspname), bare);
+	in_public = strcmp(nspname, "public") == 0;
 	for (i = 0; i < b->nscopes; i++)
-		if (glob_match(b->scopes[i], qualified) ||
-			(bare != NULL && glob_match(b->scopes[i], bare)))
+	{
+		const char *pattern = b->scopes[i];
+
+		if (strcmp(pattern, "*") == 0)
 			return true;
+		if (scope_has_schema(pattern) ? glob_match(pattern, qualified) :
+			in_public && glob_match(pattern, bare))
+			return true;
+	}
 	return false;
 }
 
