@@ -162,6 +162,14 @@ SELECT tenancy.set_tenant_quota('q-acme', 'api_calls', NULL);       -- explicitl
 SELECT quota_limit, allowed FROM tenancy.check_quota('api_calls', 1000, tenant => 'q-acme');
 SELECT tenancy.clear_tenant_quota('q-acme', 'api_calls');
 SELECT quota_limit FROM tenancy.check_quota('api_calls', tenant => 'q-acme');
+-- A limit changed and rolled back to a savepoint is not kept by the session.
+BEGIN;
+SAVEPOINT before_limit;
+SELECT tenancy.set_tenant_quota('q-acme', 'api_calls', 100, 'day');
+SELECT quota_limit FROM tenancy.check_quota('api_calls', tenant => 'q-acme');
+ROLLBACK TO before_limit;
+SELECT quota_limit FROM tenancy.check_quota('api_calls', tenant => 'q-acme');
+COMMIT;
 -- A plan change takes effect at once.
 SELECT tenancy.set_plan_quota('pro', 'api_calls', 1000, 'day');
 SELECT tenancy.update_tenant('q-acme', plan => 'pro');

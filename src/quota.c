@@ -1627,6 +1627,14 @@ quota_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 				pending_undo(&pending[i]);
 				pending_remove(i);
 			}
+
+		/*
+		 * Limits changed in this transaction (perhaps in the subtransaction):
+		 * what this backend cached since may be what the subtransaction
+		 * wrote.  Look them up again.
+		 */
+		if (bump_at_eoxact)
+			tenancy_shmem_bump_generation();
 	}
 	else if (event == SUBXACT_EVENT_COMMIT_SUB)
 	{
