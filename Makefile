@@ -25,7 +25,7 @@ DOCS_CONTEXT = doc/tenancy-context.md
 # -- quotas and rate limits
 OBJS_QUOTA = src/shmem.o src/quota.o src/quota_count.o src/ratelimit.o
 REGRESS_QUOTA = quota ratelimit
-ISOLATION_QUOTA = quota_consume quota_in_flight quota_rows quota_deferred
+ISOLATION_QUOTA = quota_consume quota_in_flight quota_rows quota_deferred quota_rename
 DOCS_QUOTA = doc/tenancy-quotas.md
 
 # -- API keys

@@ -231,6 +231,14 @@ SELECT tenancy.set_tenant_quota('q-acme', 'api_calls', NULL);       -- explicitl
 SELECT quota_limit, allowed FROM tenancy.check_quota('api_calls', 1000, tenant => 'q-acme');
 SELECT tenancy.clear_tenant_quota('q-acme', 'api_calls');
 SELECT quota_limit FROM tenancy.check_quota('api_calls', tenant => 'q-acme');
+-- A limit changed and rolled back to a savepoint is not kept by the session.
+BEGIN;
+SAVEPOINT before_limit;
+SELECT tenancy.set_tenant_quota('q-acme', 'api_calls', 100, 'day');
+SELECT quota_limit FROM tenancy.check_quota('api_calls', tenant => 'q-acme');
+ROLLBACK TO before_limit;
+SELECT quota_limit FROM tenancy.check_quota('api_calls', tenant => 'q-acme');
+COMMIT;
 -- A plan change takes effect at once.
 SELECT tenancy.set_plan_quota('pro', 'api_calls', 1000, 'day');
 SELECT tenancy.update_tenant('q-acme', plan => 'pro');
@@ -591,6 +599,111 @@ SELECT used - :others AS counted,
        (SELECT used FROM tenancy.check_quota('rows:q_alter', 1, 'q-edge')) AS rows_counted
   FROM tenancy.check_quota('storage_bytes', 1, 'q-edge');
 DROP TABLE q_alter;
+-- rows:<table> follows its table through every rename: ALTER TABLE ...
+-- RENAME TO, SET SCHEMA, ALTER SCHEMA ... RENAME TO, for a plain and a
+-- partitioned table (rows:<root>; renaming a partition changes nothing).
+-- Usage and limits move in the renaming transaction: a rollback, or a
+-- rollback to a savepoint, leaves the old names.
+SELECT tenancy.create_tenant('q-ren') IS NOT NULL;
+CREATE TABLE q_r1 (tenant_id uuid, v text);
+SELECT tenancy.protect('q_r1');
+SELECT tenancy.set_tenant_quota('q-ren', 'rows:q_r1', 5);
+SELECT tenancy.set_tenant('q-ren') IS NOT NULL;
+INSERT INTO q_r1 (v) VALUES ('a'), ('b');
+ALTER TABLE q_r1 RENAME TO q_r2;
+SELECT resource, used, quota_limit FROM tenancy.check_quota('rows:q_r2');
+INSERT INTO q_r2 (v) VALUES ('c'), ('d');
+SELECT (SELECT count(*) FROM q_r2) AS count, resource, used, quota_limit
+  FROM tenancy.quota_usage() WHERE resource LIKE 'rows:%q\_r%' ORDER BY 2;
+\set VERBOSITY sqlstate
+INSERT INTO q_r2 (v) VALUES ('e'), ('f');                 -- the limit followed
+\set VERBOSITY default
+BEGIN;
+INSERT INTO q_r2 (v) VALUES ('e');
+ALTER TABLE q_r2 RENAME TO q_r3;
+SELECT resource, used, quota_limit FROM tenancy.check_quota('rows:q_r3');
+\set VERBOSITY sqlstate
+INSERT INTO q_r3 (v) VALUES ('f');                        -- counted under the new name
+\set VERBOSITY default
+ROLLBACK;
+SELECT resource, used, quota_limit FROM tenancy.check_quota('rows:q_r2');
+BEGIN;
+INSERT INTO q_r2 (v) VALUES ('e');                        -- this transaction's own row
+SAVEPOINT before_rename;
+ALTER TABLE q_r2 RENAME TO q_r3;
+SELECT resource, used, quota_limit FROM tenancy.check_quota('rows:q_r3');
+ROLLBACK TO before_rename;
+SELECT resource, used, quota_limit FROM tenancy.check_quota('rows:q_r2');
+SAVEPOINT over_the_limit;
+\set VERBOSITY sqlstate
+INSERT INTO q_r2 (v) VALUES ('f');                        -- the limit is back too
+\set VERBOSITY default
+ROLLBACK TO over_the_limit;
+COMMIT;
+SELECT (SELECT count(*) FROM q_r2) AS count, resource, used, quota_limit
+  FROM tenancy.quota_usage() WHERE resource LIKE 'rows:%q\_r%' ORDER BY 2;
+-- SET SCHEMA, then a rename of the schema (which core does without
+-- locking its tables: tenancy locks the protected ones, and their
+-- partitions, until the renaming transaction ends).
+CREATE SCHEMA q_ren_a;
+ALTER TABLE q_r2 SET SCHEMA q_ren_a;
+SELECT resource, used, quota_limit FROM tenancy.check_quota('rows:q_ren_a.q_r2');
+ALTER SCHEMA q_ren_a RENAME TO q_ren_b;
+SELECT (SELECT count(*) FROM q_ren_b.q_r2) AS count, resource, used, quota_limit
+  FROM tenancy.quota_usage() WHERE resource LIKE 'rows:%q\_r%' ORDER BY 2;
+-- A partitioned table, with a plan's limit; one partition in that schema.
+CREATE TABLE q_rp (tenant_id uuid, at int) PARTITION BY RANGE (at);
+CREATE TABLE q_rp_1 PARTITION OF q_rp FOR VALUES FROM (0) TO (10);
+CREATE TABLE q_ren_b.q_rp_2 PARTITION OF q_rp FOR VALUES FROM (10) TO (20);
+SELECT tenancy.protect('q_rp');
+SELECT tenancy.set_plan_quota('free', 'rows:q_rp', 4);
+INSERT INTO q_rp (at) VALUES (1), (11), (12);
+ALTER TABLE q_rp_1 RENAME TO q_rp_one;                   -- a partition: nothing changes
+SELECT resource, used, quota_limit FROM tenancy.check_quota('rows:q_rp');
+ALTER TABLE q_rp RENAME TO q_rq;
+ALTER SCHEMA q_ren_b RENAME TO q_ren_c;                  -- q_r2, and a partition of q_rq
+CREATE SCHEMA q_ren_d;
+ALTER TABLE q_rq SET SCHEMA q_ren_d;
+INSERT INTO q_ren_c.q_rp_2 (at) VALUES (13);
+SELECT (SELECT count(*) FROM q_ren_d.q_rq) AS count, resource, used, quota_limit
+  FROM tenancy.quota_usage() WHERE resource LIKE 'rows:%q\_r%' ORDER BY 2;
+\set VERBOSITY sqlstate
+INSERT INTO q_rp_one (at) VALUES (2);                     -- the plan's limit followed
+\set VERBOSITY default
+-- A table replaced in one transaction (made, filled, the old one dropped,
+-- the new one renamed): the usage and limits under the name are the new
+-- table's; a limit left under the new name for the same tenant or plan
+-- gives way to the table's own.
+BEGIN;
+CREATE TABLE q_rnew (tenant_id uuid, v text);
+SELECT tenancy.protect('q_rnew');
+SELECT tenancy.set_tenant_quota('q-ren', 'rows:q_rnew', 8);
+INSERT INTO q_rnew (v) SELECT v FROM q_ren_c.q_r2 LIMIT 3;
+DROP TABLE q_ren_c.q_r2;
+ALTER TABLE q_rnew SET SCHEMA q_ren_c;
+ALTER TABLE q_ren_c.q_rnew RENAME TO q_r2;
+SELECT resource, used, quota_limit FROM tenancy.check_quota('rows:q_ren_c.q_r2');
+COMMIT;
+SELECT (SELECT count(*) FROM q_ren_c.q_r2) AS count, resource, used, quota_limit
+  FROM tenancy.quota_usage() WHERE resource LIKE 'rows:%q\_r%' ORDER BY 2;
+RESET app.tenant_id;
+-- What the ledger holds (what a restart rebuilds the counters from), the
+-- limits, and the audit rows of the limits that moved.
+SELECT resource, sum(delta) FROM tenancy.quota_ledger
+ WHERE tenant_id = tenancy.tenant_id('q-ren') AND resource LIKE 'rows:%'
+ GROUP BY 1 HAVING sum(delta) <> 0 ORDER BY 1;
+SELECT 'tenant' AS kind, resource, quota_limit FROM tenancy.tenant_quotas
+ WHERE tenant_id = tenancy.tenant_id('q-ren')
+UNION ALL
+SELECT 'plan ' || plan, resource, quota_limit FROM tenancy.plan_quotas WHERE resource LIKE 'rows:%q\_r%'
+ORDER BY 1, 2;
+SELECT action, target, details FROM tenancy.audit_log WHERE action LIKE 'quota.rename%' ORDER BY id;
+SET client_min_messages = warning;
+DROP SCHEMA q_ren_c, q_ren_d CASCADE;
+RESET client_min_messages;
+SELECT tenancy.delete_tenant('q-ren');
+SELECT tenancy.purge_tenant('q-ren');
+
 -- Unlogged tables cannot be protected: crash recovery empties them without
 -- firing triggers (55000), nor can a protected table become unlogged.
 CREATE UNLOGGED TABLE q_unlogged (id int, tenant_id uuid);

@@ -1012,9 +1012,17 @@ LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_prior_listed';
 CREATE FUNCTION tenancy._ddl_recount() RETURNS text
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_recount';
 
+-- The protected tables whose rows:<table> name the command changed (ALTER
+-- TABLE ... RENAME TO / SET SCHEMA, ALTER SCHEMA ... RENAME TO), as
+-- ddl_command_start saw them, take their usage and limits along (called
+-- before _ddl_prior_problems()); internal.
+CREATE FUNCTION tenancy._ddl_follow_renames() RETURNS void
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tenancy_ddl_follow_renames';
+
 -- ddl_command_end: protect new partitions of protected tables, apply
--- tenancy.auto_protect, refuse ALTER POLICY on an isolation policy, and
--- check that no table the command touched was weakened.
+-- tenancy.auto_protect, refuse ALTER POLICY on an isolation policy, move
+-- the usage and limits of renamed protected tables to their new rows:
+-- names, and check that no table the command touched was weakened.
 CREATE FUNCTION tenancy._on_ddl_command_end() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1037,6 +1045,7 @@ BEGIN
     -- not reached their policies yet): not this command's doing.
     recount := tenancy._ddl_recount()::oid[];
     listed := tenancy._ddl_prior_listed()::oid[];
+    PERFORM tenancy._ddl_follow_renames();
     known := tenancy._ddl_prior_problems()::oid[];
     FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() LOOP
         IF cmd.command_tag OPERATOR(pg_catalog.=) 'ALTER POLICY' AND EXISTS (
@@ -1176,17 +1185,18 @@ BEGIN
 END
 $$;
 
--- Both on the same commands: every start pushes what end pops.
+-- Both on the same commands: every start pushes what end pops.  (ALTER
+-- SCHEMA: renaming a schema renames the protected tables in it.)
 CREATE EVENT TRIGGER tenancy_ddl_precheck ON ddl_command_start
     WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO',
                  'ALTER POLICY', 'DROP POLICY', 'CREATE TRIGGER', 'DROP TRIGGER', 'ALTER TRIGGER',
-                 'CREATE POLICY')
+                 'CREATE POLICY', 'ALTER SCHEMA')
     EXECUTE FUNCTION tenancy._on_ddl_command_start();
 
 CREATE EVENT TRIGGER tenancy_ddl_guard ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO',
                  'ALTER POLICY', 'DROP POLICY', 'CREATE TRIGGER', 'DROP TRIGGER', 'ALTER TRIGGER',
-                 'CREATE POLICY')
+                 'CREATE POLICY', 'ALTER SCHEMA')
     EXECUTE FUNCTION tenancy._on_ddl_command_end();
 
 CREATE EVENT TRIGGER tenancy_drop_guard ON sql_drop

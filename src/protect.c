@@ -16,6 +16,9 @@
  * tenancy._exec_as_owner(), which runs the statements protect() and
  * purge_tenant() issue against a user's table as that table's owner, so
  * that the owner's triggers never run with the extension owner's rights.
+ * The ddl_command_start guard also notes the rows:<table> names of the
+ * protected tables a rename may change, for ddl_command_end to move their
+ * usage and limits (tenancy._ddl_follow_renames()).
  *
  *-------------------------------------------------------------------------
  */
@@ -54,6 +57,7 @@ PG_FUNCTION_INFO_V1(tenancy_ddl_command_start);
 PG_FUNCTION_INFO_V1(tenancy_ddl_prior_problems);
 PG_FUNCTION_INFO_V1(tenancy_ddl_recount);
 PG_FUNCTION_INFO_V1(tenancy_ddl_prior_listed);
+PG_FUNCTION_INFO_V1(tenancy_ddl_follow_renames);
 
 /* Set by protect()/unprotect() for the DDL they run; reset on any abort. */
 static bool ddl_bypass = false;
@@ -79,7 +83,16 @@ typedef struct PriorProblems
 								 * columns added, dropped or retyped), as an
 								 * oid[] literal */
 	char	   *listed;			/* every protected table, as an oid[] literal */
+	List	   *renamed;		/* of RenamedTable: tables whose rows:<table>
+								 * name the command may change */
 } PriorProblems;
+
+/* A protected table's rows:<table> name before a command that renames. */
+typedef struct RenamedTable
+{
+	Oid			relid;
+	char		name[TENANCY_RESOURCE_LEN];
+} RenamedTable;
 
 static List *prior_problems = NIL;
 
@@ -630,6 +643,79 @@ prepare_attach(RangeVar *parent_rv, PartitionCmd *pc)
 }
 
 /*
+ * The tables whose rows:<table> name a command may change, with that name
+ * now, in TopTransactionContext: the roots of the protected tables'
+ * partition trees (a protected table that is no partition is its own)
+ * that ALTER TABLE ... RENAME TO or SET SCHEMA names, or that live in the
+ * schema ALTER SCHEMA ... RENAME TO renames.  Renaming or moving a
+ * partition changes nothing: its rows count for its root.  The caller is
+ * connected to SPI.
+ */
+static List *
+renamed_tables(Node *parsetree)
+{
+	Oid			relid = InvalidOid;
+	Oid			nsp = InvalidOid;
+	List	   *result = NIL;
+	int			ret;
+
+	if (IsA(parsetree, RenameStmt))
+	{
+		RenameStmt *stmt = (RenameStmt *) parsetree;
+
+		if (stmt->renameType == OBJECT_TABLE && stmt->relation != NULL)
+			relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+		else if (stmt->renameType == OBJECT_SCHEMA && stmt->subname != NULL)
+			nsp = get_namespace_oid(stmt->subname, true);
+	}
+	else if (IsA(parsetree, AlterObjectSchemaStmt))
+	{
+		AlterObjectSchemaStmt *stmt = (AlterObjectSchemaStmt *) parsetree;
+
+		if (stmt->objectType == OBJECT_TABLE && stmt->relation != NULL)
+			relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	}
+	if (!OidIsValid(relid) && !OidIsValid(nsp))
+		return NIL;
+
+	ret = SPI_execute("SELECT p.relid::pg_catalog.oid FROM tenancy.protected_tables p", true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "tenancy: reading tenancy.protected_tables failed: %s",
+			 SPI_result_code_string(ret));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		Oid			root;
+		ListCell   *lc;
+		bool		seen = false;
+		RenamedTable *r;
+
+		if (isnull || get_rel_relkind(DatumGetObjectId(d)) == '\0')
+			continue;
+		root = tenancy_quota_rows_root(DatumGetObjectId(d));
+		if (OidIsValid(relid) ? root != relid : get_rel_namespace(root) != nsp)
+			continue;
+		foreach(lc, result)
+			seen = seen || ((RenamedTable *) lfirst(lc))->relid == root;
+		if (seen)
+			continue;
+		r = MemoryContextAlloc(TopTransactionContext, sizeof(RenamedTable));
+		r->relid = root;
+		tenancy_quota_rows_name(root, r->name);
+		result = lappend(result, r);
+	}
+	if (result != NIL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+
+		result = list_copy(result);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	return result;
+}
+
+/*
  * Event trigger function tenancy._on_ddl_command_start(), on
  * ddl_command_start for the same commands as the ddl_command_end guard.
  * Refuses, before core sees them, the commands core would otherwise answer
@@ -638,7 +724,8 @@ prepare_attach(RangeVar *parent_rv, PartitionCmd *pc)
  * trigger or the tenancy_isolation policy, creating or replacing a
  * tenancy_* trigger.  Everything else that weakens a protected table is
  * caught by the state check at ddl_command_end, for which this records
- * which protected tables were not intact to begin with.  An ATTACH
+ * which protected tables were not intact to begin with, and the names of
+ * the protected tables a rename may change (renamed_tables()).  An ATTACH
  * PARTITION under a protected table is prepared (prepare_attach()), after
  * that record is taken.
  */
@@ -726,8 +813,10 @@ tenancy_ddl_command_start(PG_FUNCTION_ARGS)
 		entry->relids = pstrdup(relids ? relids : "{}");
 		entry->recount = pstrdup("{}");
 		entry->listed = pstrdup(listed ? listed : "{}");
+		entry->renamed = NIL;
 		prior_problems = lcons(entry, prior_problems);
 		MemoryContextSwitchTo(oldcxt);
+		entry->renamed = renamed_tables(parsetree);
 
 		/*
 		 * After the record: what prepare_attach() drops is for the end
@@ -807,6 +896,37 @@ tenancy_ddl_recount(PG_FUNCTION_ARGS)
 	if (prior_problems == NIL)
 		PG_RETURN_TEXT_P(cstring_to_text("{}"));
 	PG_RETURN_TEXT_P(cstring_to_text(((PriorProblems *) linitial(prior_problems))->recount));
+}
+
+/*
+ * SQL: tenancy._ddl_follow_renames() RETURNS void, called by the
+ * ddl_command_end trigger before tenancy._ddl_prior_problems(): the
+ * protected tables whose rows:<table> name the command changed (as the
+ * matching ddl_command_start recorded them) take their usage and limits
+ * along (tenancy_quota_rename()).
+ */
+Datum
+tenancy_ddl_follow_renames(PG_FUNCTION_ARGS)
+{
+	PriorProblems *entry;
+	ListCell   *lc;
+
+	if (prior_problems == NIL)
+		PG_RETURN_VOID();
+	entry = (PriorProblems *) linitial(prior_problems);
+	foreach(lc, entry->renamed)
+	{
+		RenamedTable *r = lfirst(lc);
+		char		name[TENANCY_RESOURCE_LEN];
+
+		if (get_rel_relkind(r->relid) == '\0')
+			continue;
+		tenancy_quota_rows_name(r->relid, name);
+		if (strcmp(name, r->name) != 0)
+			tenancy_quota_rename(r->relid, r->name, name);
+	}
+	entry->renamed = NIL;
+	PG_RETURN_VOID();
 }
 
 /*

@@ -38,6 +38,9 @@
  *	- Limits are cached per backend and looked up again when the shared
  *	  limits generation (shmem.c) moves: the tables of limits and plans
  *	  carry triggers that bump it.
+ *	- rows:<table> names a table: when a protected table's name changes,
+ *	  its usage and limits move to the new name in the renaming
+ *	  transaction (tenancy_quota_rename()).
  *
  * Locking: see shmem.c.  The hash table is guarded by TENANCY_LOCK_QUOTA,
  * each entry's counters by its spinlock.  An entry is pinned (pins > 0)
@@ -59,6 +62,7 @@
 #include "access/xlog.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
@@ -1632,6 +1636,14 @@ quota_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 				pending_undo(&pending[i]);
 				pending_remove(i);
 			}
+
+		/*
+		 * Limits changed in this transaction (perhaps in the subtransaction,
+		 * by a rename that moved them): what this backend cached since may
+		 * be what the subtransaction wrote.  Look them up again.
+		 */
+		if (bump_at_eoxact)
+			tenancy_shmem_bump_generation();
 	}
 	else if (event == SUBXACT_EVENT_COMMIT_SUB)
 	{
@@ -1844,6 +1856,188 @@ tenancy_quota_forget_relation(Oid relid)
 			}
 		pfree(own);
 	}
+}
+
+/*
+ * Run a statement that writes, with a fresh snapshot (the latest committed
+ * state, whatever the isolation level, plus this transaction's own
+ * changes), its triggers firing.
+ */
+static void
+spi_write_latest(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+	int			rc;
+
+	if (plan == NULL)
+		elog(ERROR, "tenancy: internal query failed: %s", SPI_result_code_string(SPI_result));
+	rc = SPI_execute_snapshot(plan, values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							  false, true, 0);
+	if (rc < 0)
+		elog(ERROR, "tenancy: internal query failed: %s", SPI_result_code_string(rc));
+	SPI_freeplan(plan);
+}
+
+/*
+ * The limits of rows:<table> name "from" become those of "to": rows of
+ * plan_quotas and tenant_quotas are renamed, a row of the same plan or
+ * tenant left under "to" (by a table of that name dropped before) giving
+ * way, and each row moved is audited.  The caller is connected to SPI as
+ * the extension's owner.
+ */
+static void
+rename_limits(const char *from, const char *to)
+{
+	static const char *const statements[] = {
+		"INSERT INTO tenancy.audit_log (action, tenant_id, target, details)"
+		" SELECT 'quota.rename_plan', NULL, o.plan,"
+		"        pg_catalog.jsonb_build_object('from', $1, 'to', $2,"
+		"            'quota_limit', o.quota_limit, 'period', o.period,"
+		"            'replaced', CASE WHEN n.plan IS NOT NULL THEN pg_catalog.jsonb_build_object("
+		"                'quota_limit', n.quota_limit, 'period', n.period) END)"
+		"   FROM tenancy.plan_quotas o"
+		"   LEFT JOIN tenancy.plan_quotas n ON n.plan OPERATOR(pg_catalog.=) o.plan"
+		"                                  AND n.resource OPERATOR(pg_catalog.=) $2"
+		"  WHERE o.resource OPERATOR(pg_catalog.=) $1 ORDER BY o.plan",
+		"DELETE FROM tenancy.plan_quotas n USING tenancy.plan_quotas o"
+		" WHERE n.resource OPERATOR(pg_catalog.=) $2 AND o.resource OPERATOR(pg_catalog.=) $1"
+		"   AND n.plan OPERATOR(pg_catalog.=) o.plan",
+		"UPDATE tenancy.plan_quotas SET resource = $2 WHERE resource OPERATOR(pg_catalog.=) $1",
+		"INSERT INTO tenancy.audit_log (action, tenant_id, target, details)"
+		" SELECT 'quota.rename_tenant', o.tenant_id, COALESCE(t.slug, o.tenant_id::pg_catalog.text),"
+		"        pg_catalog.jsonb_build_object('from', $1, 'to', $2,"
+		"            'quota_limit', o.quota_limit, 'period', o.period,"
+		"            'replaced', CASE WHEN n.tenant_id IS NOT NULL THEN pg_catalog.jsonb_build_object("
+		"                'quota_limit', n.quota_limit, 'period', n.period) END)"
+		"   FROM tenancy.tenant_quotas o"
+		"   LEFT JOIN tenancy.tenants t ON t.id OPERATOR(pg_catalog.=) o.tenant_id"
+		"   LEFT JOIN tenancy.tenant_quotas n ON n.tenant_id OPERATOR(pg_catalog.=) o.tenant_id"
+		"                                    AND n.resource OPERATOR(pg_catalog.=) $2"
+		"  WHERE o.resource OPERATOR(pg_catalog.=) $1 ORDER BY t.slug, o.tenant_id",
+		"DELETE FROM tenancy.tenant_quotas n USING tenancy.tenant_quotas o"
+		" WHERE n.resource OPERATOR(pg_catalog.=) $2 AND o.resource OPERATOR(pg_catalog.=) $1"
+		"   AND n.tenant_id OPERATOR(pg_catalog.=) o.tenant_id",
+		"UPDATE tenancy.tenant_quotas SET resource = $2 WHERE resource OPERATOR(pg_catalog.=) $1"
+	};
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+
+	values[0] = CStringGetTextDatum(from);
+	values[1] = CStringGetTextDatum(to);
+	for (size_t i = 0; i < lengthof(statements); i++)
+		spi_write_latest(statements[i], 2, types, values);
+}
+
+/* A share of usage that moves from one name to another. */
+typedef struct MovedShare
+{
+	pg_uuid_t	tenant;
+	Oid			relid;
+	int64		delta;
+} MovedShare;
+
+/*
+ * The rows:<table> name of protected table root changes from "from" to
+ * "to": ALTER TABLE ... RENAME TO or SET SCHEMA of root, or ALTER SCHEMA
+ * ... RENAME TO of its schema (called by the ddl_command_end guard, in the
+ * renaming transaction).  Usage and limits follow the table:
+ *
+ * - Writers are kept out until this transaction ends, and the
+ *   transactions in flight that wrote the table are waited for, so that
+ *   every delta counted under the old name by another session is committed
+ *   (or gone) and in the ledger: root and, when it is partitioned, every
+ *   partition (rows inserted into a partition directly lock only it) are
+ *   locked in SHARE mode.  ALTER TABLE holds ACCESS EXCLUSIVE on root
+ *   already; ALTER SCHEMA locks no table.
+ * - Each tenant's usage under the old name moves to the new one as deltas
+ *   of this transaction, per leaf table (the relid of the ledger), the way
+ *   ATTACH and DETACH move a partition's share: minus the share under the
+ *   old name, plus the share under the new one, without a limit check (the
+ *   rows exist).  This transaction's own deltas under the old name move
+ *   the same way.  So the move commits, or rolls back (also to a
+ *   savepoint), with the rename; the shared counters take it at commit,
+ *   as every delta, and the ledger keeps the table's share per leaf table
+ *   for TRUNCATE and DROP.  Rows under the old name that sum to zero stay
+ *   until tenancy._quota_compact() folds them away.
+ * - The limits of the old name move to the new one (rename_limits()).
+ *   The statement triggers of the tables of limits make every backend
+ *   reload its limits.  set_*_quota() and clear_tenant_quota() resolve a
+ *   rows:<table> name holding TENANCY_LOCK_QUOTA_NAMES in share mode until
+ *   their transaction ends (tenancy._quota_resource()); it is taken here
+ *   exclusively, so a limit being set on the old name meanwhile is moved
+ *   (it committed first) or refused with 22023 (the name no longer
+ *   resolves once this commits), never left behind.
+ */
+void
+tenancy_quota_rename(Oid root, const char *from, const char *to)
+{
+	AsOwner		s;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	LOCKTAG		tag;
+	MovedShare *moves;
+	int			nmoves = 0;
+	int			nshares;
+
+	LockRelationOid(root, ShareLock);
+	if (get_rel_relkind(root) == RELKIND_PARTITIONED_TABLE)
+		(void) find_all_inheritors(root, ShareLock, NULL);
+	TENANCY_SET_LOCKTAG(tag, TENANCY_LOCK_QUOTA_NAMES, 0);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+
+	/*
+	 * This transaction's own net deltas under the old name, taken before
+	 * any is moved (moving appends records).
+	 */
+	moves = palloc(sizeof(MovedShare) * Max(npending, 1));
+	for (int i = 0; i < npending; i++)
+	{
+		Pending    *p = &pending[i];
+
+		if (p->entry->key.dbid != MyDatabaseId || p->pos == p->neg ||
+			strcmp(p->entry->key.resource, from) != 0)
+			continue;
+		memcpy(&moves[nmoves].tenant, &p->entry->key.tenant, sizeof(pg_uuid_t));
+		moves[nmoves].relid = p->relid;
+		moves[nmoves].delta = p->pos - p->neg;
+		nmoves++;
+	}
+
+	/* The committed shares, and the limits. */
+	values[0] = CStringGetTextDatum(from);
+	as_owner_begin(&s);
+	spi_read_latest("SELECT tenant_id, relid::pg_catalog.oid, pg_catalog.sum(delta)::pg_catalog.int8"
+					" FROM tenancy.quota_ledger"
+					" WHERE resource OPERATOR(pg_catalog.=) $1"
+					"   AND period_start OPERATOR(pg_catalog.=) '-infinity'"
+					" GROUP BY 1, 2",
+					1, types, values);
+	nshares = (int) SPI_processed;
+	moves = repalloc(moves, sizeof(MovedShare) * Max(nmoves + nshares, 1));
+	for (int i = 0; i < nshares; i++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		MovedShare *m = &moves[nmoves];
+
+		memcpy(&m->tenant, DatumGetUUIDP(d), sizeof(pg_uuid_t));
+		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull);
+		m->relid = isnull ? InvalidOid : DatumGetObjectId(d);
+		m->delta = spi_int64(i, 3, &isnull);
+		if (m->delta != 0)
+			nmoves++;
+	}
+	rename_limits(from, to);
+	as_owner_end(&s);
+
+	if (nmoves > 0)
+		tenancy_shmem_require();
+	for (int i = 0; i < nmoves; i++)
+	{
+		quota_add_cached(NULL, &moves[i].tenant, from, moves[i].relid, -moves[i].delta, false);
+		quota_add_cached(NULL, &moves[i].tenant, to, moves[i].relid, moves[i].delta, false);
+	}
+	pfree(moves);
 }
 
 /* ---------- SQL functions ---------- */
@@ -2342,6 +2536,26 @@ tenancy_quota_canonical(PG_FUNCTION_ARGS)
 	char		resource[TENANCY_RESOURCE_LEN];
 
 	tenancy_shmem_require();
+
+	/*
+	 * A limit on rows:<table> is stored under the name resolved here: hold
+	 * off the renames of protected tables until it is stored (see
+	 * tenancy_quota_rename()), and resolve the name as a rename that
+	 * committed meanwhile left it.
+	 */
+	if (!PG_ARGISNULL(0))
+	{
+		text	   *arg = PG_GETARG_TEXT_PP(0);
+
+		if (VARSIZE_ANY_EXHDR(arg) >= 5 && strncmp(VARDATA_ANY(arg), "rows:", 5) == 0)
+		{
+			LOCKTAG		tag;
+
+			TENANCY_SET_LOCKTAG(tag, TENANCY_LOCK_QUOTA_NAMES, 0);
+			(void) LockAcquire(&tag, ShareLock, false, false);
+			AcceptInvalidationMessages();
+		}
+	}
 	tenancy_quota_resource_arg(fcinfo, 0, resource);
 	if (!PG_ARGISNULL(1) && resource_is_automatic(resource))
 		ereport(ERROR,

@@ -106,22 +106,33 @@ resource_names_syscache_reset(Datum arg, int cacheid, uint32 hashvalue)
 }
 
 /*
- * rows:<table> for a relation: a partition counts for the root of its
- * partition tree, the table the user protected and sets limits on.
+ * The table whose rows:<table> counts relid's rows: the root of its
+ * partition tree (relid itself when it is no partition).
  */
-static void
-rows_resource_lookup(Oid relid, char *out)
+Oid
+tenancy_quota_rows_root(Oid relid)
 {
-	Oid			root = relid;
-	char	   *name;
-
 	if (get_rel_relispartition(relid))
 	{
 		List	   *ancestors = get_partition_ancestors(relid);
 
 		if (ancestors != NIL)
-			root = llast_oid(ancestors);
+			return llast_oid(ancestors);
 	}
+	return relid;
+}
+
+/*
+ * rows:<table> for a relation (out: TENANCY_RESOURCE_LEN bytes): a
+ * partition counts for the root of its partition tree, the table the user
+ * protected and sets limits on.
+ */
+void
+tenancy_quota_rows_name(Oid relid, char *out)
+{
+	Oid			root = tenancy_quota_rows_root(relid);
+	char	   *name;
+
 	name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(root)),
 									  get_rel_name(root));
 	memset(out, 0, TENANCY_RESOURCE_LEN);
@@ -163,7 +174,7 @@ protected_column_lookup(Oid relid, NameData *column)
 }
 
 /*
- * rows_resource_lookup() and protected_column_lookup(), through the
+ * tenancy_quota_rows_name() and protected_column_lookup(), through the
  * backend's cache.
  */
 static void
@@ -196,7 +207,7 @@ relation_counting(Oid relid, char *out, NameData *column)
 		NameData	col;
 
 		/* the look-ups may process invalidations: enter afterwards */
-		rows_resource_lookup(relid, name);
+		tenancy_quota_rows_name(relid, name);
 		protected_column_lookup(relid, &col);
 		if (resource_names == NULL)
 		{
@@ -430,7 +441,7 @@ tenancy_quota_adopt(PG_FUNCTION_ARGS)
 	st.tenant_attno = SPI_fnumber(desc, column);
 	if (st.tenant_attno <= 0)
 		elog(ERROR, "tenancy: tenant column \"%s\" not found", column);
-	rows_resource_lookup(relid, st.rows_resource);
+	tenancy_quota_rows_name(relid, st.rows_resource);
 	st.values = palloc(sizeof(Datum) * Max(desc->natts, 1));
 	st.nulls = palloc(sizeof(bool) * Max(desc->natts, 1));
 

@@ -45,6 +45,8 @@
 #define TENANCY_LOCK_API_KEYS	0x74716b31	/* 'tqk1': one tenant's api_keys
 											 * quota, which = tenant hash */
 #define TENANCY_LOCK_ROLLUP		0x74757231	/* 'tur1': rollup_usage(), which = 0 */
+#define TENANCY_LOCK_QUOTA_NAMES	0x74716e31	/* 'tqn1': the rows:<table> names
+												 * of limits, which = 0 */
 #define TENANCY_SET_LOCKTAG(tag, what, which) \
 	SET_LOCKTAG_ADVISORY((tag), MyDatabaseId, (what), (which), TENANCY_LOCKTAG_CLASS)
 
@@ -154,6 +156,7 @@ extern bool tenancy_quota_tenant_arg(FunctionCallInfo fcinfo, int argno,
 extern void tenancy_quota_add(const pg_uuid_t *tenant, const char *resource,
 							  Oid relid, int64 delta, bool enforce);
 extern void tenancy_quota_forget_relation(Oid relid);
+extern void tenancy_quota_rename(Oid root, const char *from, const char *to);
 extern char *tenancy_display_resource(const char *resource);
 extern void tenancy_quota_forget_database(void);
 
@@ -175,6 +178,8 @@ extern void tenancy_quota_add_cached(TenancyQuotaCache *c, const pg_uuid_t *tena
 									 int64 delta, bool enforce);
 
 /* quota_count.c: the counting triggers of protected tables */
+extern Oid	tenancy_quota_rows_root(Oid relid);
+extern void tenancy_quota_rows_name(Oid relid, char *out);
 
 /* ratelimit.c: token buckets */
 extern int	tenancy_guc_max_rate_buckets;
